@@ -1,0 +1,403 @@
+"""The typed rows that a profile is made of.
+
+A profile module (``livemig/spec/profiles/qemu_*.py``) holds only literal
+instances of these classes.  ``livemig.spec.loader`` resolves ``extends``
+(a profile may patch another) into a complete :class:`Profile`.
+
+Conventions that every reader relies on:
+
+* State and capability names are QAPI spellings (``postcopy-active``,
+  ``pause-before-switchover``); PostcopyState names are QEMU's enum suffixes
+  (``LISTENING``).
+* ``Transition.old`` is one of: a status, a group name, or ``CURRENT``.
+  A status means an exact CAS ``migrate_set_state(&s, OLD, NEW)``.  A group or
+  ``CURRENT`` means QEMU passes a value it read earlier (``s->state`` or a local
+  snapshot): the row can fire from any state of the group, but the CAS only
+  succeeds if nobody changed the state between the read and the swap.  These
+  are the places where QEMU defeats its own CAS.
+* ``Transition.new is None`` marks an event-only row: an event is emitted and
+  no state changes (7.2's incoming ``setup`` event).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional, Union
+
+from livemig.spec.expr import TRUE, Expr
+
+Side = Literal["source", "destination"]
+SIDES: tuple[Side, ...] = ("source", "destination")
+
+#: ``Transition.old`` value for wildcard calls whose OLD is "whatever it is now".
+CURRENT = "current"
+
+
+@dataclass(frozen=True)
+class Status:
+    """One MigrationStatus value; ``value`` is its C enum position."""
+
+    name: str
+    value: int
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class Group:
+    """A named set of statuses defined by one of QEMU's predicates."""
+
+    name: str
+    members: tuple[str, ...]
+    predicate: str  # the QEMU function that defines it
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class Actor:
+    """A thread or context that changes state in QEMU."""
+
+    name: str
+    doc: str
+
+
+@dataclass(frozen=True)
+class FlagDecl:
+    """A named boolean that guards read.
+
+    ``kind``: "command" (latched by a QMP command, reset by migrate_init),
+    "environment" (outside events: I/O errors, peers; free for the prover).
+    """
+
+    name: str
+    kind: Literal["command", "environment"]
+    doc: str
+    set_by: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Transition:
+    """One ``migrate_set_state`` call site (or event-only emission)."""
+
+    id: str
+    side: Side
+    actor: str
+    trigger: str  # the QEMU function this models
+    old: str  # a status, a group name, or CURRENT
+    new: Optional[str]  # None: event-only row
+    guard: Expr = TRUE
+    retry: bool = False  # QEMU loops on the CAS until the state is `new`
+    emits: Optional[str] = None  # for event-only rows: the status put in the event
+    event_needs_cap: bool = True  # False: the event is sent without the events capability
+    store: bool = False  # a plain store: no CAS, no event (migrate_init's reset)
+    within: Optional[tuple[str, ...]] = None  # for CURRENT rows: the statuses QEMU can read there
+    doc: str = ""
+
+    @property
+    def event_only(self) -> bool:
+        return self.new is None
+
+    @property
+    def reads_state(self) -> bool:
+        """True when OLD is a value read earlier rather than a constant."""
+        return not self.store and (self.old == CURRENT or self.retry or not self.old_is_state)
+
+    # Set by the loader: whether `old` names a single status.
+    old_is_state: bool = field(default=True, compare=False)
+
+
+@dataclass(frozen=True)
+class Unreachable:
+    """A status declared unreachable on a side, with the reason."""
+
+    side: Side
+    status: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class PostcopyHandler:
+    """A destination handler that moves PostcopyState.
+
+    ``op``:
+      * "xchg": atomic exchange to ``new`` first, then the returned old value is
+        checked; on a bad old value the error is raised but the state already
+        is ``new`` (QEMU's xchg-then-check).
+      * "check_then_set": read; if the old value is not accepted, raise and
+        change nothing; otherwise set ``new`` (``new`` may be None: no change).
+      * "set": unconditional store of ``new`` (no check).
+    ``set_new_from`` restricts the store to these old values (the DISCARD
+    handler only moves ADVISE to DISCARD; from DISCARD it stays).
+    """
+
+    name: str
+    trigger: str
+    command: Optional[str]  # MIG_CMD_* name that runs it, if any
+    op: Literal["xchg", "check_then_set", "set"]
+    accepted: tuple[str, ...]
+    new: Optional[str]
+    error: Optional[str]  # "%d" is the numeric old state, as QEMU prints it
+    set_new_from: Optional[tuple[str, ...]] = None
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class Capability:
+    name: str
+    since: str
+    doc: str = ""
+    unstable: bool = False
+
+
+@dataclass(frozen=True)
+class HostFact:
+    """A host or build property; ``default`` is Debian's 7.2 build on Linux."""
+
+    name: str
+    default: bool
+    doc: str
+
+
+@dataclass(frozen=True)
+class CapRule:
+    """One check of migrate_caps_check; the first failing rule wins.
+
+    ``when`` is the *failure* condition, over the merged capability set
+    (``Cap``), the previous set (``WasCap``), host facts, the run state and
+    the current parameter values.
+    """
+
+    id: str
+    when: Expr
+    error: str
+    hint: Optional[str] = None
+    doc: str = ""
+
+
+ParamType = Literal[
+    "bool", "uint8", "uint32", "uint64", "size", "int64", "str", "StrOrNull", "enum",
+    "BitmapMigrationNodeAliasList",
+]
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One migration parameter as QAPI declares it."""
+
+    name: str
+    type: ParamType
+    default: Any
+    doc: str = ""
+    enum: Optional[tuple[str, ...]] = None  # allowed values for type "enum"
+    enum_type: Optional[str] = None  # QAPI enum type name, e.g. "MultiFDCompression"
+    applied_by_set: bool = True  # False: migrate-set-parameters accepts and ignores it
+    in_set_command: bool = True  # False: not an argument of migrate-set-parameters
+    since: str = ""
+
+
+@dataclass(frozen=True)
+class ParamRef:
+    """A bound that is another parameter's (merged, new) value."""
+
+    name: str
+
+
+Bound = Union[int, ParamRef, None]
+
+
+@dataclass(frozen=True)
+class ParamRule:
+    """One check of migrate_params_check, run on the merged parameter set.
+
+    A range rule fails when ``param`` < ``min`` or > ``max``; ``power_of_two``
+    adds that the value must be a power of two.  A rule with ``param=None``
+    fails when ``when`` holds (cross-parameter/capability rules).
+    """
+
+    id: str
+    param: Optional[str]
+    error: str
+    min: Bound = None
+    max: Bound = None
+    power_of_two: bool = False
+    when: Optional[Expr] = None
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class Precondition:
+    """A QMP command check: the command fails with ``error`` when ``when`` holds.
+
+    ``state_side`` says whose status ``InState`` reads.  ``%s`` in ``error`` is
+    filled with ``fill`` ("status": the current status; "arg:NAME": an argument).
+    """
+
+    id: str
+    when: Expr
+    error: str
+    state_side: Side = "source"
+    fill: Optional[str] = None
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class Command:
+    """A QMP migration command and its preconditions in QEMU's order."""
+
+    name: str
+    args: tuple[str, ...]
+    preconditions: tuple[Precondition, ...]
+    doc: str = ""
+    allow_oob: bool = False
+    sets_flags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class WireConst:
+    """A named number on the wire."""
+
+    name: str
+    value: int
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class WireMessage:
+    """A MIG_CMD_* or MIG_RP_MSG_*; ``length`` None means variable length."""
+
+    name: str
+    value: int
+    length: Optional[int]
+    doc: str = ""
+    min_length: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class Wire:
+    """Every wire constant of a profile."""
+
+    file: tuple[WireConst, ...]  # magic, versions
+    sections: tuple[WireConst, ...]  # QEMU_VM_* section/type bytes
+    commands: tuple[WireMessage, ...]  # MIG_CMD_*
+    return_path: tuple[WireMessage, ...]  # MIG_RP_MSG_*
+    ram_flags: tuple[WireConst, ...]  # RAM_SAVE_FLAG_*
+    misc: tuple[WireConst, ...]  # end marks, ack values, limits
+    errors: tuple[tuple[str, str], ...]  # (key, QEMU's load/stream error text)
+
+    def const(self, name: str) -> int:
+        for table in (self.file, self.sections, self.ram_flags, self.misc):
+            for c in table:
+                if c.name == name:
+                    return c.value
+        raise KeyError(name)
+
+    def error(self, key: str) -> str:
+        for k, text in self.errors:
+            if k == key:
+                return text
+        raise KeyError(key)
+
+
+@dataclass(frozen=True)
+class Patch:
+    """Changes to a keyed table of the profile this one extends.
+
+    ``remove`` names keys; ``replace`` rows must exist; ``add`` rows must not.
+    ``after`` (for ordered tables) inserts added rows after that key.
+    """
+
+    add: tuple = ()
+    remove: tuple[str, ...] = ()
+    replace: tuple = ()
+    after: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A complete, resolved profile."""
+
+    name: str
+    title: str
+    extends: Optional[str]
+    sources: tuple[str, ...]
+    statuses: tuple[Status, ...]
+    groups: tuple[Group, ...]
+    terminal: tuple[str, ...]
+    actors: tuple[Actor, ...]
+    flags: tuple[FlagDecl, ...]
+    transitions: tuple[Transition, ...]
+    unreachable: tuple[Unreachable, ...]
+    postcopy_states: tuple[str, ...]
+    postcopy_handlers: tuple[PostcopyHandler, ...]
+    capabilities: tuple[Capability, ...]
+    host_facts: tuple[HostFact, ...]
+    cap_rules: tuple[CapRule, ...]
+    parameters: tuple[Parameter, ...]
+    param_rules: tuple[ParamRule, ...]
+    param_error_format: str  # "Parameter '%s' expects %s"
+    qapi_errors: tuple[tuple[str, str], ...]
+    commands: tuple[Command, ...]
+    wire: Wire
+    target_page_size: int = 4096
+
+    # ---- lookups -------------------------------------------------------
+    @property
+    def status_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.statuses)
+
+    def group(self, name: str) -> Group:
+        for g in self.groups:
+            if g.name == name:
+                return g
+        raise KeyError(name)
+
+    def sources_of(self, row: Transition) -> frozenset[str]:
+        """The statuses a row can fire from (``within`` narrows CURRENT)."""
+        if row.old == CURRENT and row.within is not None:
+            return frozenset(row.within)
+        return self.states_of(row.old)
+
+    def states_of(self, name: str) -> frozenset[str]:
+        """A status, a group, or CURRENT, as the set of statuses it stands for."""
+        if name == CURRENT:
+            return frozenset(self.status_names)
+        if name in self.status_names:
+            return frozenset([name])
+        return frozenset(self.group(name).members)
+
+    def transition(self, row_id: str) -> Transition:
+        for t in self.transitions:
+            if t.id == row_id:
+                return t
+        raise KeyError(row_id)
+
+    def rows(self, side: Side) -> tuple[Transition, ...]:
+        return tuple(t for t in self.transitions if t.side == side)
+
+    def capability_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.capabilities)
+
+    def parameter(self, name: str) -> Parameter:
+        for p in self.parameters:
+            if p.name == name:
+                return p
+        raise KeyError(name)
+
+    def command(self, name: str) -> Command:
+        for c in self.commands:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    def host_defaults(self) -> dict[str, bool]:
+        return {h.name: h.default for h in self.host_facts}
+
+    def qapi_error(self, key: str) -> str:
+        for k, text in self.qapi_errors:
+            if k == key:
+                return text
+        raise KeyError(key)
+
+    def postcopy_handler(self, name: str) -> PostcopyHandler:
+        for h in self.postcopy_handlers:
+            if h.name == name:
+                return h
+        raise KeyError(name)
