@@ -46,8 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
-            if exc.name == name:  # that area has no CLI yet
-                continue
+            if exc.name and (name == exc.name or name.startswith(exc.name + ".")):
+                continue  # that area has no CLI (yet): not an error in a dependency
+
             raise
         module.add_parser(sub)
     return parser
@@ -66,6 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # e.g. `livemig spec show | head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":
