@@ -198,6 +198,13 @@ class QemuVM:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
         if self._loop is not None:
+            # Let the client's background tasks finish or cancel them, so
+            # closing the loop leaves nothing pending behind.
+            pending = [t for t in asyncio.all_tasks(self._loop) if not t.done()]
+            for task in pending:
+                task.cancel()
+            if pending:
+                self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             self._loop.close()
             self._loop = None
         if self._tmp is not None:
@@ -205,7 +212,7 @@ class QemuVM:
             self._tmp = None
 
     def __enter__(self) -> "QemuVM":
-        return self.start()
+        return self if self.proc is not None else self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.close()

@@ -20,7 +20,7 @@ from typing import Any, Mapping, Optional
 from livemig.core.commands import check_command
 from livemig.core.guards import GuardEnv, evaluate
 from livemig.core.qapi import check_no_extra, require, visit_bool, visit_enum, visit_list, \
-    visit_object
+    visit_object, visit_str
 from livemig.errors import CapabilityError, CommandError, ParameterError
 from livemig.spec.schema import Profile
 
@@ -53,8 +53,12 @@ def parse_capability_request(profile: Profile, request: Any) -> list[tuple[str, 
     for index, item in enumerate(items):
         prefix = f"capabilities[{index}]"
         obj = visit_object(profile, prefix, item)
-        name = visit_enum(profile, f"{prefix}.capability",
-                          require(profile, f"{prefix}.", obj, "capability"), names)
+        raw_name = require(profile, f"{prefix}.", obj, "capability")
+        # QEMU's type errors name the full path ("capabilities[0].capability"),
+        # but its enum error names only the member: observed on 7.2,
+        # "Parameter 'capability' does not accept value 'nope'".
+        visit_str(profile, f"{prefix}.capability", raw_name)
+        name = visit_enum(profile, "capability", raw_name, names)
         state = visit_bool(profile, f"{prefix}.state", require(profile, f"{prefix}.", obj, "state"))
         check_no_extra(profile, f"{prefix}.", obj, ("capability", "state"))
         parsed.append((name, state))
