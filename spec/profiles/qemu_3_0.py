@@ -110,7 +110,16 @@ FLAGS = (
     FlagDecl("colo_enabled", "environment", "the source asked for COLO (MIG_CMD_ENABLE_COLO)"),
     FlagDecl("colo_failover", "environment", "COLO failover was triggered"),
     FlagDecl("snapshot_error", "environment", "savevm failed"),
+    FlagDecl("postcopy_pause_waiting", "thread",
+             "the migration thread sleeps on postcopy_pause_sem in postcopy_pause(); only "
+             "migrate_fd_connect's resume path posts it (migrate_fd_cancel does not), so "
+             "while it sleeps the thread reaches neither migration_completion nor the "
+             "cleanup BH (facts §1.7: cancel while postcopy-paused stays in cancelling)",
+             set_by="src.postcopy_pause", cleared_by=("src.fd_connect.resume",)),
 )
+
+#: the migration thread is not asleep in postcopy_pause() (see postcopy_pause_waiting)
+_THREAD_AWAKE = Not(Flag("postcopy_pause_waiting"))
 
 # ------------------------------------------------------------- transitions
 _POSTCOPY_CAPABLE = AnyOf(Cap("postcopy-ram"), Cap("dirty-bitmaps"))
@@ -146,7 +155,9 @@ TRANSITIONS = (
                "setup_or_active", "cancelling", retry=True,
                doc="loops read-then-CAS until cancelling; stops if no longer setup_or_active"),
     Transition("src.cleanup.cancelled", "source", "cleanup_bh", "migrate_fd_cleanup",
-               "cancelling", "cancelled"),
+               "cancelling", "cancelled", guard=_THREAD_AWAKE,
+               doc="the cleanup BH is scheduled when the migration thread exits; a thread "
+                   "asleep in postcopy_pause never exits (facts §1.7)"),
     # --- source: postcopy switch ------------------------------------------
     Transition("src.postcopy_start.switch", "source", "migration_thread", "postcopy_start",
                "active", "postcopy-active",
@@ -172,12 +183,13 @@ TRANSITIONS = (
     Transition("src.completion.device", "source", "migration_thread", "migration_maybe_pause",
                "pre-switchover", "device", guard=Flag("continue_posted")),
     Transition("src.completion.completed", "source", "migration_thread", "migration_completion",
-               CURRENT, "completed", guard=All(Flag("converged"), Not(Cap("x-colo"))),
+               CURRENT, "completed",
+               guard=All(Flag("converged"), Not(Cap("x-colo")), _THREAD_AWAKE),
                within=("active", "postcopy-active", "device", "cancelling"),
                doc="CAS from the state read at entry; 3.0 has no branch for a cancel that "
                    "landed before entry, so cancelling -> completed can happen"),
     Transition("src.completion.failed", "source", "migration_thread", "migration_completion",
-               CURRENT, "failed", guard=Flag("completion_error"),
+               CURRENT, "failed", guard=All(Flag("completion_error"), _THREAD_AWAKE),
                within=("active", "postcopy-active", "device", "cancelling"),
                doc="CAS from the state read at entry; cancelling -> failed when the cancel "
                    "shut the file before completion looked"),
@@ -195,7 +207,7 @@ TRANSITIONS = (
     Transition("src.detect_error.failed", "source", "migration_thread", "migration_detect_error",
                CURRENT, "failed",
                guard=All(Flag("stream_error"),
-                         Not(All(InState("postcopy-active"), Flag("stream_eio")))),
+                         Not(All(InState("postcopy-active"), Flag("stream_eio"))), _THREAD_AWAKE),
                within=("active", "postcopy-active", "cancelling"),
                doc="3.0 has no cancelling check here: a cancel's shutdown error turns "
                    "cancelling into failed"),
@@ -316,9 +328,8 @@ CAP_RULES = (
             All(Cap("block"), Not(Host("live_block_migration"))),
             "QEMU compiled without old-style (blk/-b, inc/-i) block migration",
             hint="Use drive_mirror+NBD instead."),
-    CapRule("x-colo.no_replication", All(Cap("x-colo"), Not(Host("replication"))),
-            "QEMU compiled without replication module can't enable COLO",
-            hint="Please enable replication before COLO."),
+    # No x-colo/CONFIG_REPLICATION rule: the seed's migrate_caps_check has none
+    # (7.2 has one); when it was added was not verified.
     CapRule("postcopy-ram.compress", All(Cap("postcopy-ram"), Cap("compress")),
             "Postcopy is not currently compatible with compression",
             doc="the decompression threads write RAM without the atomic placement "
