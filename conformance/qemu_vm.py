@@ -96,6 +96,9 @@ class QemuVM:
       incoming: for a destination, the ``-incoming`` value (default ``"defer"``);
         ``None`` gives a destination-less VM even for role destination.
       extra_args: more command-line arguments (e.g. ``-global migration.x-...``).
+      machine_args: replaces :data:`DEFAULT_MACHINE_ARGS` (the machine, RAM size,
+        serial and display options) when not ``None``; e.g. to boot a guest
+        with ``-m 150M -serial file:LOG -drive file=IMG,format=raw``.
       binary: the QEMU binary (default: ``qemu-system-x86_64`` on ``PATH``).
       start_timeout: seconds to wait for the QMP socket to accept a connection.
       command_timeout: seconds to wait for one QMP reply.
@@ -111,6 +114,7 @@ class QemuVM:
     command_timeout: float = 30.0
     workdir: Optional[str] = None
     name: str = "vm"
+    machine_args: Optional[Sequence[str]] = None
 
     proc: Optional[subprocess.Popen] = field(default=None, init=False, repr=False)
     qmp_path: str = field(default="", init=False)
@@ -126,7 +130,8 @@ class QemuVM:
         binary = self.binary or qemu_binary()
         if binary is None:
             raise QemuVMError(f"{DEFAULT_BINARY} is not installed")
-        args = [binary, *DEFAULT_MACHINE_ARGS, "-name", self.name,
+        base = DEFAULT_MACHINE_ARGS if self.machine_args is None else tuple(self.machine_args)
+        args = [binary, *base, "-name", self.name,
                 "-qmp", f"unix:{self.qmp_path},server=on,wait=off"]
         if self.role == "destination" and self.incoming is not None:
             args += ["-incoming", self.incoming]
