@@ -78,3 +78,28 @@ def test_machine_agrees_with_cell_on_every_pair(profile, side):
             assert (machine_after is not None) == allowed == cell_moved, (state, row.id)
             if allowed:
                 assert machine_after == cell.state == row.new
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.sampled_from([load_profile(n) for n in profile_names()]), st.data())
+def test_every_postcopy_handler_moves_as_declared_or_raises(profile, data):
+    """Every (PostcopyState, handler): accepted -> the declared state; refused ->
+    StreamError with QEMU's text, and the state is what QEMU leaves it in
+    (the new value for exchange-then-check handlers, unchanged otherwise)."""
+    from livemig.core import PostcopyCell
+    from livemig.errors import StreamError
+
+    state = data.draw(st.sampled_from(profile.postcopy_states))
+    handler = data.draw(st.sampled_from(profile.postcopy_handlers))
+    cell = PostcopyCell(profile, state)
+    try:
+        old = cell.handle(handler.name)
+    except StreamError as exc:
+        assert state not in handler.accepted
+        assert f"({profile.postcopy_states.index(state)})" in exc.message
+        assert cell.state == (handler.new if handler.op == "xchg" else state)
+        return
+    assert old == state and state in handler.accepted
+    moves = handler.new is not None and (handler.set_new_from is None
+                                         or state in handler.set_new_from)
+    assert cell.state == (handler.new if moves else state)
