@@ -126,6 +126,9 @@ class Model:
     main_links: set[tuple[str, str]] = field(default_factory=set)
     #: node ids that must follow each other left-to-right / top-down (declared order)
     chain: list[str] = field(default_factory=list)
+    #: node ids of everything the profile declares, drawn or not (a diff calls a
+    #: node "added" only when the older profile does not declare it at all)
+    universe: set[str] = field(default_factory=set)
 
     def add_node(self, node: Node) -> Node:
         return self.nodes.setdefault(node.id, node)
@@ -228,6 +231,7 @@ def status_model(profile: Profile, side: str) -> Model:
                             fingerprint=(status.value, name in profile.terminal)))
     if unreachable:
         model.notes.append("not reachable on this side: " + ", ".join(unreachable))
+    model.universe = {node_id("st", s.name) for s in profile.statuses}
 
     def status_node(name: str) -> str:
         if name not in model.status_nodes:  # a row names a state declared unreachable
@@ -487,6 +491,7 @@ def caps_model(profile: Profile) -> Model:
                                     + (" unstable" if cap.unstable else "")
                                     + ("\n" + "\n".join(notes) if notes else ""),
                             fingerprint=(cap.since, cap.unstable, tuple(notes))))
+    model.universe = {node_id("cap", c.name) for c in profile.capabilities}
     free = [c.name for c in profile.capabilities if c.name not in used]
     if free:
         model.notes.append("no rule: " + ", ".join(free))

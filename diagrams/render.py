@@ -133,7 +133,7 @@ def _edge_label(edge: Edge, marks: Marks, count: Optional[int],
     rows = []
     for item in edge.items:
         mark = marks.items.get((edge.key, item.id))
-        if mark is None and edge_mark in ("added", "removed", "changed", "illegal"):
+        if mark is None and edge_mark in ("added", "removed", "illegal"):
             mark = edge_mark
         elif mark is None and (marks.fade_unmarked or edge_mark == "faded"):
             mark = "faded"
@@ -229,6 +229,7 @@ def to_digraph(model: Model, marks: Optional[Marks] = None) -> graphviz.Digraph:
     title_html = f'<FONT POINT-SIZE="16"><B>{_e(model.title)}</B></FONT><BR ALIGN="LEFT"/>'
     for line in marks.caption:
         title_html += f'<FONT POINT-SIZE="11">{_e(line)}</FONT><BR ALIGN="LEFT"/>'
+    title_html += _legend_html(model, marks)
     for note in model.notes:
         for line in _wrap(note, 110):
             title_html += f'<FONT POINT-SIZE="10" COLOR="#444444">{_e(line)}</FONT><BR ALIGN="LEFT"/>'
@@ -306,13 +307,38 @@ def to_digraph(model: Model, marks: Optional[Marks] = None) -> graphviz.Digraph:
     for tail, head in zip(model.chain, model.chain[1:]):
         g.edge(tail, head, style="invis", weight="10")
 
-    if marks.legend:
-        rows = "".join(
-            f'<TR><TD BGCOLOR="{MARK_FILL[m]}"><FONT COLOR="{MARK_COLOUR[m]}">■</FONT></TD>'
-            f'<TD ALIGN="LEFT">{_e(text)}</TD></TR>' for m, text in marks.legend)
-        g.node("legend__", f'<<TABLE BORDER="0" CELLBORDER="0" CELLSPACING="2">{rows}</TABLE>>',
-               shape="box", style="rounded", color="#bbbbbb", fontsize="10")
     return g
+
+
+#: legend entries per machine: (edge kind or None for the main path, text)
+_KIND_LEGEND = {
+    "status": [("main", "main path"), ("exact", "CAS from one state"),
+               ("group", "from any state of a group"),
+               ("current", "from the state read earlier (current)"),
+               ("store", "plain store"), ("event", "event only, no state change")],
+    "postcopy": [("handler", "handler moves the state"),
+                 ("error", "xchg, then error: the state has already moved")],
+    "caps": [("conflict", "both on: refused"), ("requires", "requires")],
+}
+
+
+def _legend_html(model: Model, marks: Marks) -> str:
+    kind = "status" if model.machine in ("source", "destination") else model.machine
+    parts = []
+    for k, text in _KIND_LEGEND.get(kind, []):
+        if k == "main":
+            glyph, colour = "━━", KIND_COLOUR["exact"]
+        else:
+            glyph = {"solid": "──", "dashed": "╌╌", "dotted": "┈┈"}[KIND_STYLE[k]]
+            colour = KIND_COLOUR[k]
+        parts.append(f'<FONT COLOR="{colour}"><B>{glyph}</B></FONT> {_e(text)}')
+    if kind == "status":
+        parts.append("double border: terminal")
+    for m, text in marks.legend:
+        parts.append(f'<FONT COLOR="{MARK_COLOUR[m]}"><B>■</B></FONT> {_e(text)}')
+    if not parts:
+        return ""
+    return f'<FONT POINT-SIZE="10">{"   ".join(parts)}</FONT><BR ALIGN="LEFT"/>'
 
 
 def _cluster_fill(model: Model, cid: str) -> str:
