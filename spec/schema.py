@@ -64,13 +64,17 @@ class FlagDecl:
     """A named boolean that guards read.
 
     ``kind``: "command" (latched by a QMP command, reset by migrate_init),
-    "environment" (outside events: I/O errors, peers; free for the prover).
+    "environment" (outside events: I/O errors, peers; free for the prover),
+    "thread" (a thread is blocked somewhere: set when the row ``set_by``
+    succeeds, cleared when a row of ``cleared_by`` succeeds or migrate_init
+    resets the side).
     """
 
     name: str
-    kind: Literal["command", "environment"]
+    kind: Literal["command", "environment", "thread"]
     doc: str
     set_by: Optional[str] = None
+    cleared_by: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -401,3 +405,80 @@ class Profile:
             if h.name == name:
                 return h
         raise KeyError(name)
+
+
+# ---------------------------------------------------------------- invariants
+InvariantKind = Literal[
+    "implies",            # state predicate: `when` implies `then` on `side`
+    "entered_only_from",  # `side` enters `state` only from one of `states`
+    "leads_only_to",      # `side` leaves `state` only to one of `states`
+    "never_overwrites",   # `side` never goes from `state` to any of `states`
+    "never_after",        # once `state` was entered, none of `states` until a new migrate
+    "postcopy_monotone",  # PostcopyState never moves backwards in POSTCOPY_STATES order
+    "terminal_stays",     # a terminal status changes only by migrate_init's store
+    "caps_satisfy_rules",  # every capability set in force passes the profile's CAP_RULES
+    "events_are_cas",     # every MIGRATION event on `side` is a successful CAS of a row
+    "reachable",          # every status is reachable on its side unless declared unreachable
+    "no_dead_rows",       # every row fires (succeeds) in some reachable state
+    "no_trap",            # no reachable non-terminal status that nothing can ever leave
+]
+
+ProofResult = Literal["proved", "refuted", "unknown"]
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """What the prover must find for one profile; ``reason`` says why when refuted."""
+
+    profile: str
+    result: Literal["proved", "refuted"]
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Invariant:
+    """One named entry of the invariant catalogue (``livemig.spec.invariants``).
+
+    Only the fields its ``kind`` names are read.  ``side`` None means each
+    side for the kinds that are per side (terminal_stays, reachable, ...).
+    Status names in ``state``/``states`` that a profile does not have are
+    ignored for that profile (e.g. ``wait-unplug`` in qemu-3.0).
+    """
+
+    name: str
+    kind: InvariantKind
+    description: str
+    expected: tuple[Expectation, ...]
+    side: Optional[Side] = None
+    when: Expr = TRUE
+    then: Expr = TRUE
+    state: Optional[str] = None
+    states: tuple[str, ...] = ()
+
+    def expectation(self, profile: str) -> Optional[Expectation]:
+        for e in self.expected:
+            if e.profile == profile:
+                return e
+        return None
+
+
+@dataclass(frozen=True)
+class ProverModel:
+    """The few facts the prover needs that are not tables of a profile.
+
+    ``caps_command`` / ``params_command``: the QMP commands that change the
+    capability set / parameters (both sides run them).  ``events_capability``:
+    the capability that gates MIGRATION events.  ``runstates``: per side, the
+    VM run states the side may be in (free input each step).
+    """
+
+    caps_command: str
+    params_command: str
+    events_capability: str
+    runstates: tuple[tuple[Side, tuple[str, ...]], ...]
+
+    def runstates_of(self, side: str) -> tuple[str, ...]:
+        for s, names in self.runstates:
+            if s == side:
+                return names
+        raise KeyError(side)
