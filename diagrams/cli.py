@@ -55,14 +55,14 @@ def run(args: argparse.Namespace) -> int:
     status = 0
     if args.diff:
         a, b = (_check_profile(n) for n in args.diff)
-        written = write_diff(a, b, out, machines, formats)
+        written = write_diff(a, b, out, machines, formats, guards=args.guards)
     elif args.trace:
         profile = _check_profile(args.profile)
         trace = Path(args.trace)
         if not trace.is_file():
             raise SpecError(f"trace file {str(trace)!r} does not exist")
         written, observed = write_trace(profile, trace, out / f"trace-{trace.stem}",
-                                        side=args.side, formats=formats)
+                                        side=args.side, formats=formats, guards=args.guards)
         for line in summary(observed):
             print(line)
         if observed.illegal:
@@ -71,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         written = write_all(out, formats)
     else:
         profile = _check_profile(args.profile)
-        written = write_profile(profile, out, machines, formats)
+        written = write_profile(profile, out, machines, formats, guards=args.guards)
     for path in written:
         print(path)
     print(f"wrote {len(written)} files under {out}", file=sys.stderr)
@@ -104,6 +104,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--side", choices=["source", "destination"],
                    help="the side a QMP event log comes from (default source); for an "
                         "NDJSON log, draw only this side")
+    p.add_argument("--guards", default="auto", choices=["auto", "all", "off"],
+                   help="write row guards under the labels: auto (only where two rows on one "
+                        "edge would read the same), all, off; SVG tooltips always have them")
     p.add_argument("--out", default="out/diagrams",
                    help="output directory (default ./out/diagrams)")
     p.set_defaults(func=run)

@@ -61,6 +61,7 @@ class Item:
     sub: str = ""  # small line: actor, op, condition
     detail: str = ""  # tooltip: guard, doc, error text
     fingerprint: tuple = ()  # what a diff compares to call the row "changed"
+    guard: str = ""  # the row's guard as text ("" when always true)
 
 
 @dataclass
@@ -181,6 +182,7 @@ def _row_item(profile: Profile, row: Transition) -> Item:
         id=row.id, text=row.trigger, sub=sub, detail=detail,
         fingerprint=(row.actor, row.trigger, guard, row.retry, row.store, row.emits,
                      row.event_needs_cap, row.within),
+        guard="" if row.guard == TRUE else guard,
     )
 
 

@@ -54,19 +54,20 @@ class ExampleTrace:
     caption: str
 
 
-#: real inputs: QEMU 7.2's observed event sequences (facts §1.7) and a core CAS log
+#: real inputs: QEMU 7.2's own events (recorded by tests/data/diagram_record_real72.py),
+#: an observed sequence of the facts file (§1.7) and a livemig core CAS log
 EXAMPLE_TRACES: tuple[ExampleTrace, ...] = (
-    ExampleTrace("qmp72-recover-destination", "qemu-7.2", "destination",
-                 "tests/data/diagram_qmp72_recover_destination.jsonl",
-                 "QEMU 7.2 destination MIGRATION events of a postcopy pause and recovery "
-                 "(facts §1.7), edges inferred from the spec"),
+    ExampleTrace("real72-postcopy-destination", "qemu-7.2", "destination",
+                 "tests/data/diagram_real72_postcopy_destination.jsonl",
+                 "real QEMU 7.2 destination, postcopy: its QMP events, edges inferred from "
+                 "the spec (the first 'setup' is an event with no state change)"),
+    ExampleTrace("ndjson72-source", "qemu-7.2", "source",
+                 "tests/data/diagram_ndjson72_postcopy_recover.ndjson",
+                 "livemig core CAS log, source: postcopy, pause, recover, complete; then a "
+                 "second migration, cancelled"),
     ExampleTrace("qmp72-illegal-source", "qemu-7.2", "source",
                  "tests/data/diagram_qmp72_illegal_source.jsonl",
                  "a source event sequence with an illegal step (active → postcopy-paused)"),
-    ExampleTrace("ndjson72-source", "qemu-7.2", "source",
-                 "tests/data/diagram_ndjson72_postcopy_recover.ndjson",
-                 "livemig core CAS log: postcopy, pause, recover, complete; then a second "
-                 "migration cancelled"),
 )
 
 
@@ -100,12 +101,12 @@ def render_files(graph: graphviz.Digraph, base: Path,
 
 
 def write_profile(name: str, out_dir: Path, machines: Sequence[str] = MACHINES,
-                  formats: Sequence[str] = FORMATS) -> list[Path]:
+                  formats: Sequence[str] = FORMATS, guards: str = "auto") -> list[Path]:
     """Every machine of one profile under ``out_dir/<profile>/``."""
     profile = load_profile(name)
     written = []
     for machine in machines:
-        graph = to_digraph(build_model(profile, machine))
+        graph = to_digraph(build_model(profile, machine), guards=guards)
         written += render_files(graph, out_dir / name / machine, formats)
     return written
 
@@ -115,19 +116,20 @@ def diff_dir_name(a: str, b: str) -> str:
 
 
 def write_diff(a: str, b: str, out_dir: Path, machines: Sequence[str] = MACHINES,
-               formats: Sequence[str] = FORMATS) -> list[Path]:
+               formats: Sequence[str] = FORMATS, guards: str = "auto") -> list[Path]:
     """One diagram per machine of what changed from profile ``a`` to ``b``."""
     pa, pb = load_profile(a), load_profile(b)
     written = []
     for machine in machines:
         model, marks = diff_model(pa, pb, machine)
-        written += render_files(to_digraph(model, marks), out_dir / diff_dir_name(a, b) / machine,
-                                formats)
+        written += render_files(to_digraph(model, marks, guards=guards),
+                                out_dir / diff_dir_name(a, b) / machine, formats)
     return written
 
 
 def write_trace(profile_name: str, trace_path: Path, out_dir: Path, side: Optional[str] = None,
-                formats: Sequence[str] = FORMATS, caption: str = "") -> tuple[list[Path], Trace]:
+                formats: Sequence[str] = FORMATS, caption: str = "",
+                guards: str = "auto") -> tuple[list[Path], Trace]:
     """The overlay of an observed run on the status diagram(s) of its side(s).
 
     ``side`` is required for a QMP event log and selects one side of an
@@ -147,7 +149,7 @@ def write_trace(profile_name: str, trace_path: Path, out_dir: Path, side: Option
                          f"{trace.format} · {len(steps)} steps · "
                          f"{'no illegal step' if not bad else f'{bad} illegal step(s)'}"]
         marks.legend = [("visited", "visited, with counts"), ("illegal", "illegal step")]
-        written += render_files(to_digraph(model, marks), out_dir / s, formats)
+        written += render_files(to_digraph(model, marks, guards=guards), out_dir / s, formats)
     trace.steps = [st for st in trace.steps if st.side in sides]
     return written, trace
 
@@ -156,9 +158,9 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def write_manifest(out_dir: Path) -> Path:
-    """Record the Graphviz version and the sha256 of every DOT file under ``out_dir``."""
-    dots = sorted(out_dir.rglob("*.dot"))
+def write_manifest(out_dir: Path, dots: Iterable[Path]) -> Path:
+    """Record the Graphviz version and the sha256 of the DOT files ``dots`` (under ``out_dir``)."""
+    dots = sorted(dots)
     data = {
         "graphviz": dot_version(),
         "png_dpi": PNG_DPI,
@@ -267,7 +269,7 @@ def write_all(out_dir: Path, formats: Sequence[str] = FORMATS,
     written.append(write_index(out_dir, Path(index) if index else out_dir / "index.md",
                                names, pairs, traces))
     if "dot" in formats:
-        written.append(write_manifest(out_dir))
+        written.append(write_manifest(out_dir, [p for p in written if p.suffix == ".dot"]))
     return written
 
 
@@ -282,4 +284,7 @@ def regenerate_committed(out_dir: Path = COMMITTED_OUT, index: Path = COMMITTED_
     for path in sorted(Path(out_dir).rglob("*")):
         if path.is_file() and path.suffix in (".dot", ".svg", ".png") and path.resolve() not in keep:
             path.unlink()
+    for path in sorted(Path(out_dir).rglob("*"), reverse=True):
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
     return written

@@ -129,8 +129,11 @@ def _node_label(node: Node, mark: Optional[str], count: Optional[int]) -> str:
 
 
 def _edge_label(edge: Edge, marks: Marks, count: Optional[int],
-                edge_mark: Optional[str] = None) -> str:
+                edge_mark: Optional[str] = None, guards: str = "auto") -> str:
     rows = []
+    seen: dict[tuple[str, str], int] = {}
+    for item in edge.items:
+        seen[(item.text, item.sub)] = seen.get((item.text, item.sub), 0) + 1
     for item in edge.items:
         mark = marks.items.get((edge.key, item.id))
         if mark is None and edge_mark in ("added", "removed", "illegal"):
@@ -153,6 +156,10 @@ def _edge_label(edge: Edge, marks: Marks, count: Optional[int],
             sub = f"{sub} ({note})" if sub else note
         if sub:
             small = _small(sub, sub_colour, 8)
+            line = f"{line}<BR/>{small}" if line else small
+        # rows with the same trigger and actor on one edge differ by their guard: show it
+        if item.guard and (guards == "all" or (guards == "auto" and seen[(item.text, item.sub)] > 1)):
+            small = _small(f"[{item.guard}]", colour if mark else "#7a5c00", 8)
             line = f"{line}<BR/>{small}" if line else small
         if line:
             rows.append(line)
@@ -221,8 +228,13 @@ def _edge_attrs(edge: Edge, mark: Optional[str], model: Model) -> dict[str, str]
     return attrs
 
 
-def to_digraph(model: Model, marks: Optional[Marks] = None) -> graphviz.Digraph:
-    """The Graphviz graph of a model, with optional overlay/diff marks."""
+def to_digraph(model: Model, marks: Optional[Marks] = None, guards: str = "auto") -> graphviz.Digraph:
+    """The Graphviz graph of a model, with optional overlay/diff marks.
+
+    ``guards``: "auto" writes a row's guard under its label only where rows
+    on one edge would otherwise read the same; "all" always; "off" never
+    (the SVG tooltips always carry them).
+    """
     marks = marks or Marks()
     name = f"{model.profile}-{model.machine}"
     g = graphviz.Digraph(name=name, engine="dot")
@@ -280,13 +292,13 @@ def to_digraph(model: Model, marks: Optional[Marks] = None) -> graphviz.Digraph:
         if mark is None and marks.fade_unmarked:
             mark = "faded"
         count = marks.edge_counts.get(edge.key)
-        g.edge(edge.tail, edge.head, _edge_label(edge, marks, count, mark),
+        g.edge(edge.tail, edge.head, _edge_label(edge, marks, count, mark, guards),
                **_edge_attrs(edge, mark, model))
     for edge, mark, count in marks.extra_edges:
         attrs = _edge_attrs(edge, mark, model)
         attrs["constraint"] = "false"
         g.edge(edge.tail, edge.head,
-               _edge_label(edge, marks, count, mark) if (edge.items or count) else "",
+               _edge_label(edge, marks, count, mark, guards) if (edge.items or count) else "",
                **attrs)
 
     for tail, head in sorted(model.links):
