@@ -18,7 +18,8 @@ Pipeline: ``model`` (spec -> nodes/edges/clusters) -> marks from ``trace`` or
 from livemig.diagrams.diff import diff_model
 from livemig.diagrams.model import MACHINES, Model, build_model
 from livemig.diagrams.output import (
-    EXAMPLE_TRACES, regenerate_committed, write_all, write_diff, write_profile, write_trace,
+    EXAMPLE_TRACES, demo_stage, regenerate_committed, write_all, write_diff, write_profile,
+    write_trace,
 )
 from livemig.diagrams.render import Marks, machine_graph, to_digraph
 from livemig.diagrams.trace import Step, Trace, overlay_marks, parse_trace
@@ -31,6 +32,7 @@ __all__ = [
     "Step",
     "Trace",
     "build_model",
+    "demo_stage",
     "diff_model",
     "machine_graph",
     "overlay_marks",

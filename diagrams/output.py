@@ -27,7 +27,7 @@ import graphviz
 
 from livemig.diagrams.diff import diff_model
 from livemig.diagrams.model import MACHINE_TITLES, MACHINES, build_model
-from livemig.diagrams.render import to_digraph
+from livemig.diagrams.render import FONT, to_digraph
 from livemig.diagrams.trace import Trace, overlay_marks, parse_trace
 from livemig.spec import load_profile, profile_names
 
@@ -79,6 +79,15 @@ def dot_version() -> str:
         if word[:1].isdigit():
             return word
     return text
+
+
+def font_match() -> str:
+    """What the diagrams' font resolves to here (SVG text metrics depend on it)."""
+    try:
+        out = subprocess.run(["fc-match", FONT], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return out.stdout.strip()
 
 
 def render_files(graph: graphviz.Digraph, base: Path,
@@ -163,6 +172,7 @@ def write_manifest(out_dir: Path, dots: Iterable[Path]) -> Path:
     dots = sorted(dots)
     data = {
         "graphviz": dot_version(),
+        "font": font_match(),
         "png_dpi": PNG_DPI,
         "dot_sha256": {p.relative_to(out_dir).as_posix(): _sha(p) for p in dots},
     }
@@ -288,3 +298,21 @@ def regenerate_committed(out_dir: Path = COMMITTED_OUT, index: Path = COMMITTED_
         if path.is_dir() and not any(path.iterdir()):
             path.rmdir()
     return written
+
+
+def demo_stage(console: "object", args: "object") -> int:
+    """The diagrams stage of ``livemig demo``: write everything under ``<out>/diagrams``.
+
+    ``console`` is a ``rich`` console (anything with ``print``); ``args.out``
+    is the demo's output directory.  Returns 0.
+    """
+    out = Path(getattr(args, "out", "out")) / "diagrams"
+    traces = [t for t in EXAMPLE_TRACES if (REPO_ROOT / t.path).exists()]
+    written = write_all(out, traces=traces)
+    pictures = sorted(p for p in written if p.suffix == ".svg")
+    console.print(f"wrote {len(written)} diagram files ({len(pictures)} pictures, each as "
+                  f"SVG, PNG and DOT) under {out}")
+    console.print(f"  index: {out / 'index.md'}")
+    for p in pictures:
+        console.print(f"  {p}")
+    return 0

@@ -320,3 +320,27 @@ def test_cli_help_mentions_trace_formats(capsys):
         main(["diagram", "--help"])
     text = capsys.readouterr().out
     assert "--trace" in text and "MIGRATION" in text and "--diff" in text
+
+
+@needs_dot
+def test_demo_stage_writes_everything_and_says_where(tmp_path):
+    from argparse import Namespace
+
+    from livemig.diagrams import demo_stage
+
+    class Console:
+        lines: list = []
+
+        def print(self, text):
+            self.lines.append(str(text))
+
+    console = Console()
+    assert demo_stage(console, Namespace(out=tmp_path)) == 0
+    out = tmp_path / "diagrams"
+    index = (out / "index.md").read_text()
+    for profile in profile_names():
+        for machine in MACHINES:
+            for suffix in (".dot", ".svg", ".png"):
+                assert (out / profile / f"{machine}{suffix}").stat().st_size > 500
+            assert f"({profile}/{machine}.svg)" in index
+    assert any(str(out) in line for line in console.lines)

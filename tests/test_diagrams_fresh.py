@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from livemig.diagrams.output import (
-    COMMITTED_INDEX, COMMITTED_OUT, EXAMPLE_TRACES, MANIFEST, dot_version, write_all,
+    COMMITTED_INDEX, COMMITTED_OUT, EXAMPLE_TRACES, MANIFEST, dot_version, font_match, write_all,
 )
 
 pytestmark = pytest.mark.skipif(shutil.which("dot") is None, reason="needs Graphviz `dot`")
@@ -75,6 +75,8 @@ def test_svg_is_fresh_with_the_same_graphviz(fresh):
     if manifest["graphviz"] != dot_version():
         pytest.skip(f"committed SVG made by Graphviz {manifest['graphviz']}, "
                     f"this is {dot_version()}")
+    if manifest["font"] != font_match():  # text metrics move every coordinate
+        pytest.skip(f"committed SVG laid out with font {manifest['font']}, here {font_match()}")
     stale = [name for name in sorted(_files(fresh / "out", ".svg"))
              if (COMMITTED_OUT / name).read_bytes() != (fresh / "out" / name).read_bytes()]
     assert not stale, f"stale SVG: {stale}; {FIX}"
