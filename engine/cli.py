@@ -1,0 +1,248 @@
+"""``livemig vm``, ``livemig incoming`` and ``livemig migrate``.
+
+* ``livemig vm --qmp unix:PATH [--incoming URI|defer] [--ram SIZE] [--fill F]
+  [--workload RATE] [-S] [--uuid U] [--log PATH]`` -- a VM process serving QMP,
+  driven like ``qemu-system-x86_64 -qmp unix:PATH,server=on,wait=off``.  A
+  failed incoming load exits with status 1, as QEMU does.
+* ``livemig incoming URI [--ram SIZE] [--caps ...] [--param k=v ...]`` --
+  receive one migration, run the memory check, print a summary.
+* ``livemig migrate URI [--ram SIZE] [--fill F] [--caps ...] [--param k=v ...]
+  [--workload RATE] [--json]`` -- send one migration of a running, dirtying
+  guest with a progress bar; ``--json`` prints the final MigrationInfo.
+  Exit status is non-zero when the migration failed or was cancelled.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+from typing import Any, Optional
+
+from livemig.engine.guest import FILLS, parse_size
+
+
+def _vm_kwargs(args: argparse.Namespace) -> dict:
+    return dict(ram_size=parse_size(args.ram), fill=args.fill, workload_rate=args.workload,
+                profile=args.profile, uuid=getattr(args, "uuid", None))
+
+
+def _common(p: argparse.ArgumentParser, *, fill: bool = True) -> None:
+    p.add_argument("--ram", default="128M", help="size of pc.ram (e.g. 64M, 1G); default 128M")
+    if fill:
+        p.add_argument("--fill", choices=FILLS, default="random",
+                       help="initial RAM content (source); default random")
+    else:
+        p.set_defaults(fill="zero")
+    p.add_argument("--workload", type=float, default=20000.0, metavar="RATE",
+                   help="vCPU dirtying rate in pages per second (0: idle); default 20000")
+    p.add_argument("--profile", default="qemu-7.2", help="spec profile; default qemu-7.2")
+    p.add_argument("--uuid", default=None, help="the VM's UUID (validate-uuid)")
+    p.add_argument("--log", default=None, metavar="PATH",
+                   help="write the NDJSON transition log here")
+
+
+def _migration_opts(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--caps", default="", metavar="CAP[,CAP...]",
+                   help="capabilities to turn on (e.g. xbzrle,return-path)")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="a migration parameter (repeatable), e.g. max-bandwidth=1G")
+    p.add_argument("--json", action="store_true", help="print the final MigrationInfo as JSON")
+    p.add_argument("--timeout", type=float, default=600.0, help="give up after this many s")
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``vm``, ``incoming`` and ``migrate``."""
+    p = subparsers.add_parser("vm", help="a livemig VM process serving QMP on a unix socket")
+    p.add_argument("--qmp", required=True, metavar="unix:PATH", help="QMP socket")
+    p.add_argument("--incoming", default=None, metavar="URI|defer",
+                   help="wait for an incoming migration")
+    p.add_argument("-S", dest="start_paused", action="store_true",
+                   help="do not start the vCPU")
+    _common(p)
+    p.set_defaults(func=cmd_vm)
+
+    p = subparsers.add_parser("incoming", help="receive one migration and check the memory")
+    p.add_argument("uri", help="tcp:HOST:PORT, unix:PATH, fd:N or file:PATH")
+    _common(p, fill=False)
+    _migration_opts(p)
+    p.set_defaults(func=cmd_incoming)
+
+    p = subparsers.add_parser("migrate", help="migrate a running, dirtying guest to URI")
+    p.add_argument("uri", help="tcp:HOST:PORT, unix:PATH, fd:N or file:PATH")
+    _common(p)
+    _migration_opts(p)
+    p.set_defaults(func=cmd_migrate)
+
+
+def _open_log(path: Optional[str]):
+    return open(path, "w", buffering=1) if path else None
+
+
+def cmd_vm(args: argparse.Namespace) -> int:
+    from livemig.engine.qmp import serve_vm
+    from livemig.engine.vm import VM
+    if not args.qmp.startswith("unix:"):
+        print("livemig vm: --qmp takes unix:PATH", file=sys.stderr)
+        return 2
+    vm = VM(incoming=args.incoming, start_paused=args.start_paused, log=_open_log(args.log),
+            exit_on_error=True, **_vm_kwargs(args))
+    signal.signal(signal.SIGTERM, lambda *_: vm.quit())
+    try:
+        serve_vm(vm, args.qmp[len("unix:"):])
+    finally:
+        vm.close()
+    return 0
+
+
+def apply_options(vm: Any, caps: str, params: list[str]) -> None:
+    """Apply ``--caps`` and ``--param`` through the QMP commands (same checks)."""
+    names = [c.strip() for c in caps.split(",") if c.strip()]
+    if names:
+        vm.execute("migrate-set-capabilities",
+                   {"capabilities": [{"capability": n, "state": True} for n in names]})
+    request: dict[str, Any] = {}
+    for item in params:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--param {item!r}: expected NAME=VALUE")
+        request[name] = _param_value(vm.profile, name, value)
+    if request:
+        vm.execute("migrate-set-parameters", request)
+
+
+def _param_value(profile: Any, name: str, text: str) -> Any:
+    try:
+        ptype = profile.parameter(name).type
+    except KeyError:
+        return text
+    if ptype == "bool":
+        return text.lower() in ("1", "on", "true", "yes")
+    if ptype == "size":
+        return parse_size(text)
+    if ptype in ("uint8", "uint32", "uint64", "int64"):
+        return int(text, 0)
+    return text
+
+
+def cmd_incoming(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from livemig.engine.vm import VM
+    console = Console(stderr=not args.json)
+    vm = VM(incoming="defer", log=_open_log(args.log), **_vm_kwargs(args))
+    failed = threading.Event()
+    vm.on_fatal = lambda msg: failed.set()
+    try:
+        apply_options(vm, args.caps, args.param)
+        vm.execute("migrate-incoming", {"uri": args.uri})
+        info = vm.execute("query-migrate")
+        where = args.uri
+        if "socket-address" in info and info["socket-address"][0]["type"] == "inet":
+            a = info["socket-address"][0]
+            where = f"tcp:{a['host']}:{a['port']}"
+        console.print(f"[bold]listening[/] on {where}", highlight=False)
+        if not vm.wait_incoming_done(args.timeout):
+            console.print("[red]timed out[/]")
+            return 1
+        info = vm.execute("query-migrate")
+        status = info.get("status")
+        if status != vm.st.completed:
+            console.print(f"[red]incoming migration {status}[/]: "
+                          f"{vm.incoming.error_desc if vm.incoming else ''}")
+            return 1
+        vm.execute("stop")
+        check = vm.execute("x-livemig-check-memory")
+        counters = vm.incoming.decoder.counters if vm.incoming else None
+        if args.json:
+            print(json.dumps({"status": status, "memory-check": check,
+                              "pages": vars(counters) if counters else {}}))
+        else:
+            console.print(f"[green]completed[/]: {counters.normal} pages, "
+                          f"{counters.duplicate} zero pages; memory check "
+                          f"{'[green]passed[/]' if check['ok'] else '[red]FAILED[/]'} "
+                          f"({check['edges']} edge)")
+            for m in check["messages"]:
+                console.print(m)
+        return 0 if check["ok"] else 1
+    finally:
+        vm.close()
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from livemig.engine.vm import VM
+    console = Console(stderr=args.json)
+    vm = VM(log=_open_log(args.log), **_vm_kwargs(args))
+    try:
+        apply_options(vm, args.caps, args.param)
+        vm.execute("migrate", {"uri": args.uri})
+        info = run_progress(vm, console, timeout=args.timeout)
+        if args.json:
+            print(json.dumps(info, indent=2))
+        else:
+            print_summary(console, info, vm.st.completed)
+        return 0 if info.get("status") == vm.st.completed else 1
+    except KeyboardInterrupt:
+        vm.execute("migrate_cancel")
+        vm.wait_outgoing_done(30)
+        return 1
+    finally:
+        vm.close()
+
+
+def run_progress(vm: Any, console: Any, *, timeout: float = 600.0) -> dict:
+    """Show a rich progress bar until the migration ends; returns the final info."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    total = vm.guest.total_bytes()
+    columns = (TextColumn("[bold]{task.fields[status]:<10}"), BarColumn(),
+               TextColumn("{task.fields[xfer]}"), TextColumn("{task.fields[rate]}"),
+               TextColumn("dirty {task.fields[dirty]}"), TextColumn("pass {task.fields[pass]}"),
+               TextColumn("exp. downtime {task.fields[downtime]}"), TimeElapsedColumn())
+    deadline = time.monotonic() + timeout
+    terminal = vm.st.terminal
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("migrate", total=total, status=vm.st.setup, xfer="", rate="",
+                                 dirty="", downtime="", **{"pass": 0})
+        while True:
+            info = vm.execute("query-migrate")
+            ram = info.get("ram", {})
+            sent = ram.get("transferred", 0)
+            progress.update(
+                task, completed=min(total, total - ram.get("remaining", total)) if ram else 0,
+                status=info.get("status", ""),
+                xfer=f"{sent / 2**20:,.0f}/{total / 2**20:,.0f} MiB",
+                rate=f"{ram.get('mbps', 0) / 8:,.0f} MB/s",
+                dirty=f"{ram.get('dirty-pages-rate', 0):,} pg/s",
+                downtime=f"{info.get('expected-downtime', info.get('downtime', 0))} ms",
+                **{"pass": ram.get("dirty-sync-count", 0)})
+            if info.get("status") in terminal:
+                if info.get("status") == vm.st.completed:
+                    progress.update(task, completed=total)
+                vm.wait_outgoing_done(30)
+                return vm.execute("query-migrate")
+            if time.monotonic() > deadline:
+                vm.execute("migrate_cancel")
+                vm.wait_outgoing_done(30)
+                return vm.execute("query-migrate")
+            vm.src_cell.wait_for(lambda s: s in terminal, 0.2)
+
+
+def print_summary(console: Any, info: dict, completed: str) -> None:
+    """A final summary of a MigrationInfo (``completed``: the profile's name for it)."""
+    ram = info.get("ram", {})
+    status = info.get("status")
+    colour = "green" if status == completed else "red"
+    console.print(f"[{colour}]{status}[/]", end="")
+    if ram:
+        mib = ram.get("transferred", 0) / 2**20
+        secs = info.get("total-time", 0) / 1000
+        console.print(f": {mib:,.1f} MiB in {secs:.2f} s ({mib / max(secs, 1e-9):,.0f} MiB/s), "
+                      f"{ram.get('normal', 0):,} pages + {ram.get('duplicate', 0):,} zero pages, "
+                      f"{ram.get('dirty-sync-count', 0)} passes, downtime "
+                      f"{info.get('downtime', '?')} ms", highlight=False)
+    else:
+        console.print()
+    if info.get("error-desc"):
+        console.print(f"error: {info['error-desc']}")

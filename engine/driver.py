@@ -1,0 +1,358 @@
+"""Drivers: the sans-I/O sessions on real transports and real threads.
+
+* :class:`SourceDriver` runs QEMU's *migration thread*: connect, setup,
+  iterate (sending :class:`~livemig.engine.source.Send` buffers with
+  ``sendmsg``, sleeping on a :class:`~livemig.engine.source.Wait`), stop the
+  vCPU, optionally pause before switchover, complete, and clean up.  With the
+  return path a *return-path thread* reads PONG/SHUT.  Multifd channels are
+  extra connections written by their own sender threads.
+* :class:`DestinationDriver` runs the *listen* and *load* threads: accept
+  the main channel (and the multifd channels, told apart by their first
+  be32), ``recv_into`` the decoder's buffer, answer on the return path,
+  finish or fail.
+
+Cancel and failure: ``abort()`` shuts the sockets down, which unblocks every
+thread; the session decides which spec row (if any) the error fires.  The
+source's vCPU is restarted if the driver had stopped it.
+"""
+from __future__ import annotations
+
+import queue
+import socket
+import struct
+import threading
+import time
+from typing import Callable, Optional
+
+from livemig.engine import multifd as mfd
+from livemig.engine.destination import DestinationMigration
+from livemig.engine.guest import RUN_FINISH_MIGRATE, RUN_PAUSED, RUN_POSTMIGRATE, RUN_RUNNING
+from livemig.engine.multifd import MultifdDecoder
+from livemig.engine.source import Converged, Send, SourceMigration, Wait
+from livemig.engine.stream import buffers_len
+from livemig.engine.transport import Channel, Listener, Uri, connect
+from livemig.engine.wire import wire_tables
+from livemig.errors import MigrationError, ReturnPathError, StreamError
+
+RP_CLOSE_TIMEOUT = 60.0
+
+
+class _ChannelSender(threading.Thread):
+    """A multifd sender thread: writes queued buffer lists to one channel."""
+
+    def __init__(self, chan: Channel, name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self.chan = chan
+        self.q: queue.Queue = queue.Queue(maxsize=4)
+        self.error: Optional[BaseException] = None
+        self.sent = 0
+
+    def run(self) -> None:
+        while True:
+            item = self.q.get()
+            if item is None:
+                return
+            if self.error is not None:
+                continue
+            try:
+                self.sent += self.chan.send_buffers(item)
+            except OSError as exc:
+                self.error = exc
+
+    def put(self, buffers: list) -> None:
+        if self.error is not None:
+            raise self.error
+        self.q.put(buffers)
+
+
+class SourceDriver:
+    """The migration thread (and return-path thread) of one outgoing migration."""
+
+    def __init__(self, session: SourceMigration, uri: Uri, *,
+                 on_done: Optional[Callable[[], None]] = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.session = session
+        self.uri = uri
+        self.on_done = on_done
+        self.clock = clock
+        self.chan: Optional[Channel] = None
+        self.extra: list[_ChannelSender] = []
+        self._abort = threading.Event()
+        self._continue = threading.Event()
+        self._rp_thread: Optional[threading.Thread] = None
+        self._rp_done = threading.Event()
+        self._rp_error: Optional[str] = None
+        self._stopped_vcpu = False
+        self.thread = threading.Thread(target=self._run, name="livemig-migration", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def abort(self) -> None:
+        """migrate_cancel: unblock everything; the thread cleans up."""
+        self._abort.set()
+        self._continue.set()
+        for chan in [self.chan] + [s.chan for s in self.extra]:
+            if chan is not None:
+                chan.shutdown()
+
+    def post_continue(self) -> None:
+        """migrate-continue: release the pre-switchover pause."""
+        self._continue.set()
+
+    # ------------------------------------------------------------ thread
+    def _run(self) -> None:
+        s = self.session
+        st = s.st
+        guest = s.guest
+        in_completion = False
+        try:
+            try:
+                self.chan = connect(self.uri)
+                for ch in range(1, s.multifd_channels + 1):
+                    c = connect(self.uri)
+                    c.send_buffers([mfd.hello(s.profile, ch)])
+                    sender = _ChannelSender(c, f"livemig-multifd-{ch}")
+                    sender.start()
+                    self.extra.append(sender)
+            except OSError as exc:
+                s.connect_error(_os_text(exc))
+                return
+            if self._abort.is_set():
+                return
+            buffers = s.setup(self.clock())
+            if not buffers:
+                return
+            s.sent(self.chan.send_buffers(buffers), self.clock())
+            if s.return_path and self.chan.bidirectional:
+                self._rp_thread = threading.Thread(target=self._rp_loop,
+                                                   name="livemig-return-path", daemon=True)
+                self._rp_thread.start()
+            while True:
+                if self._rp_error is not None:
+                    raise ReturnPathError(self._rp_error)
+                now = self.clock()
+                step = s.poll(now)
+                if step is None:
+                    return  # no longer active: cancelled
+                if isinstance(step, Wait):
+                    self._abort.wait(max(0.0, step.until - now))
+                    continue
+                if isinstance(step, Converged):
+                    break
+                self._send(step)
+            # ---- completion: stop the vCPU, maybe pause, final pass, EOF
+            in_completion = True
+            guest.vm_stop(RUN_FINISH_MIGRATE)
+            self._stopped_vcpu = True
+            if s.switchover():
+                while not self._continue.wait(0.5):
+                    if self._abort.is_set():
+                        break
+                if s.state != st.pre_switchover:
+                    return  # cancelled while paused
+                s.continue_switchover()
+            if s.state not in (st.active, st.device):
+                return
+            for step in s.completion(self.clock()):
+                self._send(step)
+            for sender in self.extra:
+                sender.q.put(None)
+            for sender in self.extra:
+                sender.join(RP_CLOSE_TIMEOUT)
+                if sender.error is not None:
+                    raise sender.error
+            if self._rp_thread is not None:
+                # QEMU waits for the return path to close (the destination's SHUT).
+                if not self._rp_done.wait(RP_CLOSE_TIMEOUT):
+                    raise ReturnPathError("return path did not close")
+                if self._rp_error is not None:
+                    raise ReturnPathError(self._rp_error)
+            if s.completed(self.clock()):
+                guest.set_run_state(RUN_POSTMIGRATE)
+                self._stopped_vcpu = False
+        except (OSError, MigrationError) as exc:
+            text = exc.message if isinstance(exc, MigrationError) else _os_text(exc)
+            if isinstance(exc, OSError) and self._rp_error:
+                text = self._rp_error
+            s.stream_error(text, self.clock(), in_completion=in_completion)
+        finally:
+            self._finish()
+
+    def _send(self, step: Send) -> None:
+        multifd = 0
+        for ch, bufs in step.extra:
+            sender = self.extra[ch - 1]
+            sender.put(bufs)
+            multifd += buffers_len(bufs)
+        assert self.chan is not None
+        n = self.chan.send_buffers(step.buffers)
+        self.session.sent(n, self.clock(), multifd=multifd)
+
+    def _finish(self) -> None:
+        s = self.session
+        if s.state == s.st.cancelling:
+            s.cleanup(self.clock())
+        if self._stopped_vcpu:
+            s.guest.vm_start()  # QEMU restarts a source whose migration failed
+            self._stopped_vcpu = False
+        for sender in self.extra:
+            sender.chan.shutdown()
+            try:
+                sender.q.put_nowait(None)
+            except queue.Full:
+                pass
+        if self.chan is not None:
+            self.chan.shutdown()
+            self.chan.close()
+        for sender in self.extra:
+            sender.join(5)
+            sender.chan.close()
+        if self.on_done is not None:
+            self.on_done()
+
+    def _rp_loop(self) -> None:
+        assert self.chan is not None and self.chan.sock is not None
+        sock = self.chan.sock
+        try:
+            while True:
+                data = sock.recv(65536)
+                if not data:
+                    if self.session.shut is None:
+                        self._rp_error = self._rp_error or "return path closed"
+                    return
+                self.session.receive_rp(data)
+                if self.session.shut is not None:
+                    return
+        except ReturnPathError as exc:
+            self._rp_error = exc.message
+            self.chan.shutdown()
+        except OSError as exc:
+            if self.session.shut is None and not self._abort.is_set():
+                self._rp_error = _os_text(exc)
+        finally:
+            self._rp_done.set()
+
+
+class DestinationDriver:
+    """Listen and load threads of one incoming migration."""
+
+    def __init__(self, session: DestinationMigration, listener: Listener, *,
+                 multifd_channels: int = 0,
+                 on_done: Optional[Callable[[bool], None]] = None) -> None:
+        self.session = session
+        self.listener = listener
+        self.multifd_channels = multifd_channels
+        self.on_done = on_done
+        self.chan: Optional[Channel] = None
+        self._mf_threads: list[threading.Thread] = []
+        self._mf_chans: list[Channel] = []
+        self._mf_error: Optional[str] = None
+        self.thread = threading.Thread(target=self._run, name="livemig-load", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def abort(self) -> None:
+        for c in [self.chan] + self._mf_chans:
+            if c is not None:
+                c.shutdown()
+        self.listener.close()
+
+    def _accept_all(self) -> Channel:
+        w = wire_tables(self.session.profile)
+        main: Optional[Channel] = None
+        while main is None or len(self._mf_chans) < self.multifd_channels:
+            chan = self.listener.accept()
+            if chan.sock is None:
+                return chan  # fd/file: a single channel
+            head = b""
+            while len(head) < 4:
+                more = chan.sock.recv(4 - len(head), socket.MSG_PEEK | socket.MSG_WAITALL)
+                if not more:
+                    break
+                head = more
+            magic = struct.unpack(">I", head)[0] if len(head) == 4 else None
+            if magic == w.multifd_magic and self.multifd_channels:
+                self._start_multifd(chan)
+            else:
+                main = chan
+                self.session.accepted()
+        return main
+
+    def _start_multifd(self, chan: Channel) -> None:
+        dec = MultifdDecoder(self.session.profile, self.session.guest.blocks)
+        self.session.multifd.append(dec)
+        self._mf_chans.append(chan)
+
+        def loop() -> None:
+            try:
+                while True:
+                    data = chan.sock.recv(8 << 20)  # type: ignore[union-attr]
+                    if not data:
+                        return
+                    dec.feed(data)
+            except (OSError, StreamError) as exc:
+                self._mf_error = exc.message if isinstance(exc, StreamError) else _os_text(exc)
+                if self.chan is not None:
+                    self.chan.shutdown()
+
+        t = threading.Thread(target=loop, name="livemig-multifd-recv", daemon=True)
+        t.start()
+        self._mf_threads.append(t)
+
+    def _run(self) -> None:
+        s = self.session
+        ok = False
+        try:
+            self.chan = self._accept_all()
+            self.listener.close()
+            chan = self.chan
+            while not s.finished:
+                buf = s.get_buffer(1 << 20)
+                n = chan.recv_into(buf)
+                if n == 0:
+                    raise StreamError(self._mf_error or "Input/output error")
+                got = n
+                # Top up while bytes are waiting: fewer, larger parses.
+                while got < (4 << 20):
+                    more = chan.recv_more_into(buf[got:])
+                    if not more:
+                        break
+                    got += more
+                s.buffer_updated(got)
+                rp = s.data_to_send()
+                if rp and chan.bidirectional:
+                    chan.send_buffers([rp])
+            s.load_finished()
+            rp = s.data_to_send()
+            if rp and chan.bidirectional:
+                try:
+                    chan.send_buffers([rp])
+                except OSError:
+                    pass
+            ok = True
+        except (OSError, MigrationError) as exc:
+            text = exc.message if isinstance(exc, MigrationError) else _os_text(exc)
+            if self._mf_error and not isinstance(exc, StreamError):
+                text = self._mf_error
+            s.load_failed(text)
+            rp = s.data_to_send()
+            if rp and self.chan is not None and self.chan.bidirectional:
+                try:
+                    self.chan.send_buffers([rp])
+                except OSError:
+                    pass
+        finally:
+            for c in self._mf_chans:
+                c.shutdown()
+            if self.chan is not None:
+                self.chan.close()
+            for c in self._mf_chans:
+                c.close()
+            if self.on_done is not None:
+                self.on_done(ok)
+
+
+def _os_text(exc: OSError) -> str:
+    return exc.strerror or str(exc)

@@ -1,0 +1,330 @@
+"""The guest a livemig VM runs: RAM blocks, a dirty log, a vCPU workload.
+
+Theory of operation
+-------------------
+A :class:`RAMBlock` is a named, page-aligned byte region (anonymous or
+file-backed ``mmap``) seen through numpy as a ``(pages, page_size)`` uint8
+array.  Nothing outside :mod:`livemig.engine.stream` and this module writes
+into it, and both only through numpy slices of that array, so no write can
+leave the block.
+
+Dirty tracking follows QEMU's software (TCG) scheme in two levels:
+
+* the *dirty log* (``RAMBlock.dirty_log``, one bool per page) is set by the
+  vCPU **after** it has written a page; it is guarded by ``Guest.dirty_lock``;
+* the migration's own bitmap is filled by :meth:`Guest.sync_dirty_log`, which
+  ORs the log into it and clears the log in one critical section (QEMU's
+  ``migration_bitmap_sync``).
+
+Writing first and logging second is what makes precopy lossless: a page
+written after its bits were harvested is logged again and re-sent in a later
+pass, and the final pass runs with the vCPU stopped.
+
+The workload is QEMU's migration-test guest in numpy: it sweeps the pages
+from 1 MiB to 100 MiB (all of RAM above 1 MiB when the block is smaller) in
+address order, incrementing the first byte of every page, in batches, at a
+configurable rate in pages per second, forever.  ``stop()`` waits for the
+current batch, so a stopped guest has exactly one "edge".
+:func:`check_guest_ram` is QEMU's ``check_guests_ram``, vectorised.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+
+MiB = 1 << 20
+
+#: VM run states (QEMU's RunState names used by query-status and the stream)
+RUN_RUNNING = "running"
+RUN_PAUSED = "paused"
+RUN_INMIGRATE = "inmigrate"
+RUN_FINISH_MIGRATE = "finish-migrate"
+RUN_POSTMIGRATE = "postmigrate"
+
+FILLS = ("random", "zero", "pattern")
+
+
+def parse_size(text: str | int) -> int:
+    """``"64M"``, ``"1G"``, ``"4096"`` -> bytes (QEMU's size suffixes, powers of 1024)."""
+    if isinstance(text, int):
+        return text
+    s = text.strip().upper().rstrip("B")
+    mult = 1
+    for suffix, m in (("K", 1 << 10), ("M", 1 << 20), ("G", 1 << 30), ("T", 1 << 40)):
+        if s.endswith(suffix):
+            s, mult = s[:-1], m
+            break
+    return int(float(s) * mult)
+
+
+class RAMBlock:
+    """One RAM block: ``name`` (QEMU's idstr, e.g. ``pc.ram``) and its pages."""
+
+    def __init__(self, name: str, size: int, page_size: int = 4096, *,
+                 path: Optional[str] = None) -> None:
+        if size <= 0 or size % page_size:
+            raise ValueError(f"RAM block {name!r}: size {size} is not a positive multiple "
+                             f"of the page size {page_size}")
+        self.name = name
+        self.used_length = size
+        self.page_size = page_size
+        self.npages = size // page_size
+        if path is not None:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                if os.fstat(fd).st_size < size:
+                    os.ftruncate(fd, size)
+                self._mmap = mmap.mmap(fd, size, mmap.MAP_SHARED)
+            finally:
+                os.close(fd)
+        else:
+            self._mmap = mmap.mmap(-1, size, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self.bytes = np.frombuffer(self._mmap, dtype=np.uint8)
+        self.pages = self.bytes.reshape(self.npages, page_size)
+        self.dirty_log = np.zeros(self.npages, dtype=bool)
+
+    def fill(self, kind: str, seed: int = 0) -> None:
+        """Fill the block: ``random`` bytes, ``zero`` (leave untouched) or a ``pattern``."""
+        if kind == "zero":
+            return
+        if kind == "pattern":
+            # Every page holds its own page number: easy to eyeball, mostly non-zero.
+            idx = np.arange(self.npages, dtype=np.uint32)
+            self.pages.view(np.uint32)[:, :] = idx[:, None]
+            return
+        if kind != "random":
+            raise ValueError(f"unknown fill {kind!r}; known: {', '.join(FILLS)}")
+        rng = np.random.default_rng(seed)
+        step = 4096  # pages per chunk: bounded temporary memory
+        for start in range(0, self.npages, step):
+            stop = min(start + step, self.npages)
+            view = self.pages[start:stop].view(np.uint64)
+            view[:] = rng.integers(0, 1 << 63, size=view.shape, dtype=np.uint64)
+
+    def close(self) -> None:
+        try:
+            self._mmap.close()
+        except BufferError:  # numpy views still alive: the GC will do it
+            pass
+
+
+@dataclass
+class CheckResult:
+    """Outcome of :func:`check_guest_ram`."""
+
+    ok: bool
+    bad: int
+    edges: int
+    first_byte: int
+    messages: list[str] = field(default_factory=list)
+
+
+def check_guest_ram(block: RAMBlock, start: int = MiB, end: int = 100 * MiB) -> CheckResult:
+    """QEMU's ``check_guests_ram``: first bytes of the pages in [start, end) are
+    all equal except at most one edge where a page is one less (mod 256) than
+    the page before it.  ``end`` is clipped to the block."""
+    ps = block.page_size
+    end = min(end, block.used_length)
+    first = block.pages[start // ps:end // ps, 0].astype(np.int16)
+    if first.size == 0:
+        return CheckResult(True, 0, 0, 0)
+    step = (first[:-1] - first[1:]) % 256  # previous minus current
+    edge_at = np.flatnonzero(step == 1)
+    other = np.flatnonzero((step != 0) & (step != 1))
+    bad_idx = list(other) + list(edge_at[1:])
+    bad_idx.sort()
+    messages = []
+    for i in bad_idx[:10]:
+        addr = start + (int(i) + 1) * ps
+        messages.append(f"Memory content inconsistency at {addr:x} first_byte = {int(first[0]):x} "
+                        f"last_byte = {int(first[i]):x} current = {int(first[i + 1]):x} "
+                        f"hit_edge = {int(bool(len(edge_at)))}")
+    return CheckResult(not bad_idx, len(bad_idx), len(edge_at), int(first[0]), messages)
+
+
+class Guest:
+    """The guest of one VM: RAM blocks, run state and the vCPU workload thread.
+
+    ``ram_size`` goes to block ``pc.ram``; ``extra_blocks`` adds small named
+    blocks (by default ``/rom@etc/acpi/tables``-like ``small.ram`` of 128 KiB).
+    """
+
+    def __init__(self, ram_size: int, *, page_size: int = 4096, fill: str = "random",
+                 extra_blocks: Optional[dict[str, int]] = None, seed: int = 0,
+                 mem_path: Optional[str] = None, workload_rate: float = 20000.0,
+                 workload_start: int = MiB, workload_end: int = 100 * MiB,
+                 batch: int = 64, run_state: str = RUN_PAUSED) -> None:
+        self.page_size = page_size
+        self.blocks: dict[str, RAMBlock] = {}
+        self.blocks["pc.ram"] = RAMBlock("pc.ram", ram_size, page_size, path=mem_path)
+        for name, size in (extra_blocks if extra_blocks is not None
+                           else {"small.ram": 128 * 1024}).items():
+            self.blocks[name] = RAMBlock(name, size, page_size)
+        for i, block in enumerate(self.blocks.values()):
+            block.fill(fill, seed + i)
+        self.dirty_lock = threading.Lock()
+        self.device_state = b"livemig-device-v1:" + os.urandom(16).hex().encode()
+        self.run_state = run_state
+        self.run_state_before_stop = run_state
+        self._run_lock = threading.Condition()
+        self.on_run_state: Optional[Callable[[str, str], None]] = None
+        # workload
+        self.workload_rate = float(workload_rate)
+        self.throttle = 0  # percent of time the vCPU sleeps (auto-converge)
+        self.batch = batch
+        ram = self.blocks["pc.ram"]
+        first = min(workload_start, ram.used_length) // page_size
+        last = min(workload_end, ram.used_length) // page_size
+        self.work_range = (first, max(first, last))
+        self._cursor = first
+        # The workload's counters start equal (QEMU's guest RAM starts zeroed),
+        # whatever the fill: the memory check relies on it.
+        ram.pages[first:self.work_range[1], 0] = 0
+        self._vcpu_running = False
+        self._vcpu_idle = threading.Event()
+        self._vcpu_idle.set()
+        self._thread: Optional[threading.Thread] = None
+        self._quit = False
+        self.pages_written = 0
+
+    # ---------------------------------------------------------------- RAM
+    @property
+    def ram(self) -> RAMBlock:
+        return self.blocks["pc.ram"]
+
+    def total_bytes(self) -> int:
+        return sum(b.used_length for b in self.blocks.values())
+
+    def sync_dirty_log(self, bitmaps: dict[str, np.ndarray]) -> int:
+        """OR every block's dirty log into ``bitmaps`` and clear the logs; returns
+        the number of pages newly dirty (QEMU's migration_bitmap_sync)."""
+        new = 0
+        with self.dirty_lock:
+            for name, block in self.blocks.items():
+                log = block.dirty_log
+                bm = bitmaps[name]
+                new += int(np.count_nonzero(log & ~bm))
+                np.logical_or(bm, log, out=bm)
+                log[:] = False
+        return new
+
+    def clear_dirty_log(self) -> None:
+        with self.dirty_lock:
+            for block in self.blocks.values():
+                block.dirty_log[:] = False
+
+    def check(self) -> CheckResult:
+        """The memory check on ``pc.ram`` over the workload's range."""
+        first, last = self.work_range
+        return check_guest_ram(self.ram, first * self.page_size, last * self.page_size)
+
+    # ------------------------------------------------------------ device state
+    def save_device_state(self) -> bytes:
+        """The opaque device blob plus the vCPU's state (the workload cursor)."""
+        return struct.pack(">Q", self._cursor) + self.device_state
+
+    def load_device_state(self, blob: bytes) -> None:
+        """Inverse of :meth:`save_device_state` (after an incoming migration)."""
+        if len(blob) < 8:
+            raise ValueError("device state too short")
+        cursor = struct.unpack(">Q", blob[:8])[0]
+        first, last = self.work_range
+        self._cursor = cursor if first <= cursor < max(last, first + 1) else first
+        self.device_state = bytes(blob[8:])
+
+    # ------------------------------------------------------------ run state
+    def set_run_state(self, state: str) -> None:
+        with self._run_lock:
+            old, self.run_state = self.run_state, state
+            self._run_lock.notify_all()
+        if self.on_run_state is not None and old != state:
+            self.on_run_state(old, state)
+
+    def vm_start(self) -> None:
+        """Run the vCPU (QEMU's vm_start)."""
+        self._start_thread()
+        self.set_run_state(RUN_RUNNING)
+        self._vcpu_running = True
+        self._vcpu_idle.clear()
+        with self._run_lock:
+            self._run_lock.notify_all()
+
+    def vm_stop(self, state: str = RUN_PAUSED, timeout: float = 30.0) -> None:
+        """Stop the vCPU and wait until it finished its current batch."""
+        self.run_state_before_stop = self.run_state
+        self._vcpu_running = False
+        with self._run_lock:
+            self._run_lock.notify_all()
+        if self._thread is not None and self._thread.is_alive():
+            self._vcpu_idle.wait(timeout)
+        self.set_run_state(state)
+
+    @property
+    def vcpu_running(self) -> bool:
+        return self._vcpu_running
+
+    def shutdown(self) -> None:
+        self._quit = True
+        self._vcpu_running = False
+        with self._run_lock:
+            self._run_lock.notify_all()
+        if self._thread is not None:
+            self._thread.join(5)
+        for b in self.blocks.values():
+            b.close()
+
+    # ------------------------------------------------------------- workload
+    def _start_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._vcpu_loop, name="livemig-vcpu",
+                                            daemon=True)
+            self._thread.start()
+
+    def _vcpu_loop(self) -> None:
+        first, last = self.work_range
+        pages = self.ram.pages
+        log = self.ram.dirty_log
+        span = last - first
+        t_next = time.monotonic()
+        while not self._quit:
+            if not self._vcpu_running:
+                self._vcpu_idle.set()
+                with self._run_lock:
+                    self._run_lock.wait_for(lambda: self._vcpu_running or self._quit, 1.0)
+                t_next = time.monotonic()
+                continue
+            self._vcpu_idle.clear()
+            if span <= 0 or self.workload_rate <= 0:
+                with self._run_lock:
+                    self._run_lock.wait_for(lambda: not self._vcpu_running or self._quit, 0.1)
+                continue
+            # One batch, never crossing the end of the range, then the log.
+            a = self._cursor
+            b = min(a + self.batch, last)
+            col = pages[a:b, 0]
+            col += 1
+            with self.dirty_lock:
+                log[a:b] = True
+            self.pages_written += b - a
+            self._cursor = first if b >= last else b
+            # Pace: rate pages/s, stretched by the throttle percentage.
+            t_next += (b - a) / self.workload_rate
+            throttle = self.throttle
+            if throttle:
+                t_next += (b - a) / self.workload_rate * throttle / max(1, 100 - throttle)
+            delay = t_next - time.monotonic()
+            if delay > 0.002:
+                self._vcpu_idle.set()  # sleeping between batches counts as idle
+                with self._run_lock:
+                    self._run_lock.wait_for(lambda: not self._vcpu_running or self._quit,
+                                            delay)
+                self._vcpu_idle.clear()
+            elif delay < -1.0:
+                t_next = time.monotonic()  # do not try to catch up a long stall

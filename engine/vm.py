@@ -1,0 +1,459 @@
+"""A livemig VM: a guest plus QEMU's migration commands, for embedding.
+
+Theory of operation
+-------------------
+:class:`VM` owns a :class:`~livemig.engine.guest.Guest`, the migration
+capabilities and parameters, and one status cell per side (QEMU keeps a
+source object and an incoming object in every process).  Its methods are
+the QMP commands with QMP's names, arguments, replies and error texts
+(:meth:`execute` dispatches by command name; the methods are the same
+commands for Python callers).  Every precondition, capability and parameter
+check is the core checkers' decision over the spec; every status change is
+a session firing a spec row on the cell; every attempt is written to the
+NDJSON :class:`~livemig.core.cell.TransitionLog`.
+
+Events (QMP's shape: ``{"event", "data", "timestamp"}``) are queued by the
+cells' listeners and delivered to :meth:`subscribe` callbacks on a
+dispatcher thread: MIGRATION (needs the ``events`` capability, except the
+incoming ``setup`` row), MIGRATION_PASS (``events``), STOP and RESUME.
+
+    >>> vm = VM(ram_size=64 << 20)                      # doctest: +SKIP
+    >>> vm.execute("migrate", {"uri": "tcp:127.0.0.1:4444"})
+    {}
+    >>> vm.wait_for_status(vm.st.terminal, timeout=60)
+"""
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import threading
+import time
+import uuid as uuidlib
+from typing import IO, Any, Callable, Iterable, Optional
+
+from livemig.core.caps import check_capabilities, default_capabilities, default_params
+from livemig.core.cell import Attempt, StatusCell, TransitionLog
+from livemig.core.commands import check_command
+from livemig.core.guards import GuardEnv
+from livemig.core.params import check_parameters
+from livemig.engine.destination import DestinationMigration
+from livemig.engine.driver import DestinationDriver, SourceDriver
+from livemig.engine.guest import (
+    Guest, MiB, RUN_INMIGRATE, RUN_PAUSED, RUN_RUNNING,
+)
+from livemig.engine.rows import SOURCE_ROWS, statuses
+from livemig.engine.source import SourceMigration
+from livemig.engine.transport import Listener, UriError, parse_uri
+from livemig.errors import CapabilityError, CommandError, MigrationError, ParameterError
+from livemig.spec import DEFAULT_PROFILE, load_profile
+
+Event = dict[str, Any]
+
+
+class CommandNotFound(MigrationError):
+    qmp_class = "CommandNotFound"
+
+
+def _timestamp() -> dict[str, int]:
+    t = time.time()
+    return {"seconds": int(t), "microseconds": int((t % 1) * 1e6)}
+
+
+class VM:
+    """A guest with QEMU's migration commands (see the module docstring)."""
+
+    def __init__(self, *, ram_size: int = 128 * MiB, fill: str = "random",
+                 incoming: Optional[str] = None, profile: str = DEFAULT_PROFILE,
+                 workload_rate: float = 20000.0, start_paused: bool = False,
+                 uuid: Optional[str] = None, log: Optional[IO[str]] = None,
+                 exit_on_error: bool = False, mem_path: Optional[str] = None,
+                 extra_blocks: Optional[dict[str, int]] = None, seed: int = 0) -> None:
+        self.profile = load_profile(profile)
+        self.st = statuses(self.profile)
+        self.log = TransitionLog(stream=log)
+        self.src_cell = StatusCell(self.profile, "source", log=self.log)
+        self.dst_cell = StatusCell(self.profile, "destination", log=self.log)
+        self.caps: dict[str, bool] = default_capabilities(self.profile)
+        self.params: dict[str, Any] = default_params(self.profile)
+        self.uuid = uuidlib.UUID(uuid).bytes if uuid else None
+        self.exit_on_error = exit_on_error
+        self.guest = Guest(ram_size, fill="zero" if incoming else fill,
+                           workload_rate=workload_rate, mem_path=mem_path,
+                           extra_blocks=extra_blocks, seed=seed)
+        self.guest.on_run_state = self._run_state_changed
+        self.source: Optional[SourceMigration] = None
+        self._src_driver: Optional[SourceDriver] = None
+        self.incoming: Optional[DestinationMigration] = None
+        self._dst_driver: Optional[DestinationDriver] = None
+        self._listener: Optional[Listener] = None
+        self._incoming_started = False
+        self._inmigrate_cli = incoming is not None
+        self._autostart = not start_paused
+        self._subscribers: list[Callable[[Event], None]] = []
+        self._events: queue.Queue = queue.Queue()
+        self._lock = threading.RLock()
+        self.on_quit: Optional[Callable[[], None]] = None
+        self.on_fatal: Optional[Callable[[str], None]] = None
+        self.src_cell.subscribe(self._status_event)
+        self.dst_cell.subscribe(self._status_event)
+        self._dispatcher = threading.Thread(target=self._dispatch, name="livemig-events",
+                                            daemon=True)
+        self._dispatcher.start()
+        if incoming is not None:
+            self.guest.set_run_state(RUN_INMIGRATE)
+            if incoming != "defer":
+                self.migrate_incoming(incoming)
+        elif not start_paused:
+            self.guest.vm_start()
+
+    # ------------------------------------------------------------ events
+    def subscribe(self, callback: Callable[[Event], None]) -> None:
+        """Call ``callback(event)`` for every QMP event, on the dispatcher thread."""
+        self._subscribers.append(callback)
+
+    def _emit(self, name: str, data: Optional[dict] = None) -> None:
+        event: Event = {"event": name, "timestamp": _timestamp()}
+        if data is not None:
+            event["data"] = data
+        self._events.put(event)
+
+    def _dispatch(self) -> None:
+        while True:
+            event = self._events.get()
+            if event is None:
+                return
+            for cb in list(self._subscribers):
+                try:
+                    cb(event)
+                except Exception:  # a subscriber's bug must not stop the others
+                    pass
+
+    def _status_event(self, attempt: Attempt) -> None:
+        row = self.profile.transition(attempt.id)
+        if row.store:
+            return
+        if self.caps.get("events") or not row.event_needs_cap:
+            self._emit("MIGRATION", {"status": attempt.new})
+
+    def _pass_event(self, count: int) -> None:
+        if self.caps.get("events"):
+            self._emit("MIGRATION_PASS", {"pass": count})
+
+    def _run_state_changed(self, old: str, new: str) -> None:
+        if new == RUN_RUNNING:
+            self._emit("RESUME")
+        elif old == RUN_RUNNING:
+            self._emit("STOP")
+
+    # ------------------------------------------------------------ dispatch
+    COMMANDS = {
+        "migrate": "migrate", "migrate-incoming": "migrate_incoming",
+        "migrate_cancel": "migrate_cancel", "migrate-continue": "migrate_continue",
+        "migrate-set-capabilities": "migrate_set_capabilities",
+        "migrate-set-parameters": "migrate_set_parameters",
+        "query-migrate": "query_migrate",
+        "query-migrate-capabilities": "query_migrate_capabilities",
+        "query-migrate-parameters": "query_migrate_parameters",
+        "query-status": "query_status", "stop": "stop", "cont": "cont", "quit": "quit",
+        "query-version": "query_version", "query-name": "query_name",
+        "x-livemig-check-memory": "check_memory",
+        "x-livemig-set-workload": "set_workload",
+    }
+
+    def execute(self, name: str, args: Optional[dict] = None) -> Any:
+        """Run QMP command ``name``; raises a MigrationError (QEMU's text)."""
+        method = self.COMMANDS.get(name)
+        if method is None:
+            raise CommandNotFound(f"The command {name} has not been found")
+        args = dict(args or {})
+        if name == "migrate-set-parameters":
+            return self.migrate_set_parameters(**args)
+        return getattr(self, method)(**_qapi_args(self.profile, name, args))
+
+    def _env(self, args: dict) -> GuardEnv:
+        flags = {"incoming_started": self._incoming_started}
+        return GuardEnv(profile=self.profile, side="source",
+                        states={"source": self.src_cell.state,
+                                "destination": self.dst_cell.state},
+                        caps=self.caps, flags=flags, runstate=self.guest.run_state,
+                        args=args, params=self.params)
+
+    # ------------------------------------------------------------ commands
+    def migrate(self, uri: str, blk: bool = False, inc: bool = False, detach: bool = False,
+                resume: bool = False) -> dict:
+        """QMP ``migrate``: start an outgoing precopy migration to ``uri``."""
+        with self._lock:
+            args = {"uri": uri, "blk": blk, "inc": inc, "detach": detach, "resume": resume}
+            check_command(self.profile, "migrate", args, self._env(args))
+            if resume:
+                raise CommandError("livemig: postcopy recovery is not implemented yet")
+            session = SourceMigration(self.profile, self.guest, self.src_cell,
+                                      caps=self.caps, params=self.params, uuid=self.uuid,
+                                      on_pass=self._pass_event)
+            session.begin(time.monotonic())
+            self.source = session
+            try:
+                parsed = parse_uri(uri)
+            except UriError:
+                self.src_cell.fire(SOURCE_ROWS["bad_uri"])
+                raise CommandError(self.profile.qapi_error("range") % (
+                    "uri", "a valid migration protocol")) from None
+            driver = SourceDriver(session, parsed)
+            self._src_driver = driver
+            driver.start()
+            return {}
+
+    def migrate_incoming(self, uri: str) -> dict:
+        """QMP ``migrate-incoming``: listen on ``uri`` for the stream."""
+        with self._lock:
+            args = {"uri": uri}
+            env = self._env(args)
+            try:
+                parsed = parse_uri(uri)
+            except UriError:
+                parsed = None
+                env.flags = dict(env.flags, uri_invalid=True)  # type: ignore[assignment]
+            if self.guest.run_state != RUN_INMIGRATE and self._inmigrate_cli is False:
+                env.runstate = self.guest.run_state
+            check_command(self.profile, "migrate-incoming", args, env)
+            assert parsed is not None
+            try:
+                listener = Listener(parsed)
+            except OSError as exc:
+                raise CommandError(f"Failed to bind socket: {exc.strerror}") from None
+            self._incoming_started = True
+            session = DestinationMigration(self.profile, self.guest, self.dst_cell,
+                                           caps=self.caps, uuid=self.uuid)
+            self.incoming = session
+            self._listener = listener
+            session.listening()
+            channels = int(self.params.get("multifd-channels", 2)) if self.caps.get(
+                "multifd") else 0
+            driver = DestinationDriver(session, listener, multifd_channels=channels,
+                                       on_done=self._incoming_done)
+            self._dst_driver = driver
+            driver.start()
+            return {}
+
+    def _incoming_done(self, ok: bool) -> None:
+        session = self.incoming
+        assert session is not None
+        if ok:
+            if session.autostart and self._autostart:
+                self.guest.vm_start()
+            else:
+                self.guest.set_run_state(RUN_PAUSED)
+            return
+        message = session.error_desc or "load of migration failed"
+        if self.exit_on_error:
+            print(f"livemig: {message}", file=sys.stderr, flush=True)
+            if self.on_fatal is not None:
+                self.on_fatal(message)
+            else:
+                os._exit(1)
+        elif self.on_fatal is not None:
+            self.on_fatal(message)
+
+    def migrate_cancel(self) -> dict:
+        """QMP ``migrate_cancel``: always succeeds; a no-op when nothing runs."""
+        with self._lock:
+            if self.source is not None and self._src_driver is not None:
+                self.source.cancel()
+                if self.src_cell.state == self.st.cancelling:
+                    self._src_driver.abort()
+            return {}
+
+    def migrate_continue(self, state: str) -> dict:
+        """QMP ``migrate-continue``: leave the pre-switchover pause."""
+        args = {"state": state}
+        check_command(self.profile, "migrate-continue", args, self._env(args))
+        if self._src_driver is not None:
+            self._src_driver.post_continue()
+        return {}
+
+    def migrate_set_capabilities(self, capabilities: Any) -> dict:
+        """QMP ``migrate-set-capabilities`` (core.caps decides)."""
+        side = "destination" if self.guest.run_state == RUN_INMIGRATE else "source"
+        result = check_capabilities(self.profile, capabilities, side=side, current=self.caps,
+                                    params=self.params, state=self.src_cell.state)
+        if not result.ok:
+            raise CapabilityError(result.error or "rejected")
+        self.caps = dict(result.value)
+        return {}
+
+    def migrate_set_parameters(self, **params: Any) -> dict:
+        """QMP ``migrate-set-parameters`` (core.params decides)."""
+        result = check_parameters(self.profile, params, current=self.params, caps=self.caps)
+        if not result.ok:
+            raise ParameterError(result.error or "rejected")
+        self.params = dict(result.value)
+        if self.source is not None:
+            self.source.params = dict(self.params)  # bandwidth etc. apply at once
+        return {}
+
+    def query_migrate_capabilities(self) -> list[dict]:
+        return [{"capability": n, "state": bool(self.caps.get(n, False))}
+                for n in self.profile.capability_names()]
+
+    def query_migrate_parameters(self) -> dict:
+        return dict(self.params)
+
+    def query_status(self) -> dict:
+        rs = self.guest.run_state
+        return {"status": rs, "singlestep": False, "running": rs == RUN_RUNNING}
+
+    def query_version(self) -> dict:
+        return {"qemu": {"major": 7, "minor": 2, "micro": 0}, "package": "livemig"}
+
+    def query_name(self) -> dict:
+        return {}
+
+    def stop(self) -> dict:
+        if self.guest.run_state == RUN_RUNNING:
+            self.guest.vm_stop(RUN_PAUSED)
+        return {}
+
+    def cont(self) -> dict:
+        if self.guest.run_state == RUN_INMIGRATE:
+            self._autostart = True
+            return {}
+        self.guest.vm_start()
+        return {}
+
+    def quit(self) -> dict:
+        if self.on_quit is not None:
+            self.on_quit()
+        return {}
+
+    def check_memory(self) -> dict:
+        """livemig extension: QEMU's memory check on this guest's RAM."""
+        r = self.guest.check()
+        return {"ok": r.ok, "bad": r.bad, "edges": r.edges, "first-byte": r.first_byte,
+                "messages": r.messages}
+
+    def set_workload(self, rate: float) -> dict:
+        """livemig extension: the vCPU's dirtying rate in pages per second."""
+        self.guest.workload_rate = float(rate)
+        return {}
+
+    # ------------------------------------------------------------ query-migrate
+    def query_migrate(self) -> dict:
+        """QMP ``query-migrate``: destination info, overridden by the source's."""
+        info: dict[str, Any] = {}
+        st = self.st
+        if self._listener is not None and self._listener.sock is not None:
+            info["socket-address"] = self._listener.socket_address
+        dst_state = self.dst_cell.state
+        if dst_state != st.none:
+            info["status"] = dst_state
+        s = self.source
+        src_state = self.src_cell.state
+        if s is None or src_state == st.none:
+            return info
+        info = {"status": src_state}
+        now = time.monotonic()
+        in_progress = src_state in (st.active, st.cancelling, st.pre_switchover, st.device) \
+            or src_state in self.profile.states_of("in_postcopy")
+        if in_progress or src_state == st.completed:
+            if s.setup_time is not None:
+                info["setup-time"] = int(s.setup_time * 1000)
+            total = s.total_time if s.total_time is not None else (
+                now - (s.start_time or now))
+            info["total-time"] = int(total * 1000)
+            info["ram"] = self._ram_stats(s)
+            if src_state == st.completed:
+                info["downtime"] = int((s.downtime or 0) * 1000)
+            else:
+                info["expected-downtime"] = int((s.expected_downtime or 0) * 1000)
+            if in_progress:
+                if s.xbzrle is not None:
+                    info["xbzrle-cache"] = s.xbzrle.stats()
+                if self.caps.get("compress"):
+                    info["compression"] = {
+                        "pages": s.stats.compressed_pages, "busy": 0, "busy-rate": 0.0,
+                        "compressed-size": s.stats.compressed_size,
+                        "compression-rate": (s.stats.compressed_pages * s.page_size
+                                             / s.stats.compressed_size)
+                        if s.stats.compressed_size else 0.0}
+                if self.caps.get("auto-converge"):
+                    info["cpu-throttle-percentage"] = s.throttle
+        elif src_state == st.failed and s.error_desc:
+            info["error-desc"] = s.error_desc
+        return info
+
+    def _ram_stats(self, s: SourceMigration) -> dict:
+        ps = s.page_size
+        total = self.guest.total_bytes()
+        remaining = s.remaining_bytes() if self.src_cell.state != self.st.completed else 0
+        x = s.stats
+        return {
+            "transferred": x.transferred, "remaining": remaining, "total": total,
+            "duplicate": x.duplicate, "skipped": 0, "normal": x.normal,
+            "normal-bytes": x.normal_bytes, "dirty-pages-rate": x.dirty_pages_rate,
+            "mbps": round(x.mbps, 3), "dirty-sync-count": x.dirty_sync_count,
+            "postcopy-requests": 0, "page-size": ps, "multifd-bytes": x.multifd_bytes,
+            "pages-per-second": x.pages_per_second, "precopy-bytes": x.precopy_bytes,
+            "downtime-bytes": x.downtime_bytes, "postcopy-bytes": 0,
+            "dirty-sync-missed-zero-copy": 0,
+        }
+
+    # ------------------------------------------------------------ helpers
+    def wait_for_status(self, wanted: Iterable[str], timeout: float, *,
+                        side: str = "source") -> bool:
+        """Block until the side's status is one of ``wanted``."""
+        cell = self.src_cell if side == "source" else self.dst_cell
+        names = set(wanted)
+        return cell.wait_for(lambda s: s in names, timeout)
+
+    def wait_incoming_done(self, timeout: float) -> bool:
+        driver = self._dst_driver
+        if driver is None:
+            return False
+        driver.thread.join(timeout)
+        return not driver.thread.is_alive()
+
+    def wait_outgoing_done(self, timeout: float) -> bool:
+        driver = self._src_driver
+        if driver is None:
+            return False
+        driver.thread.join(timeout)
+        return not driver.thread.is_alive()
+
+    def close(self) -> None:
+        """Stop threads and release RAM."""
+        if self._src_driver is not None:
+            self._src_driver.abort()
+            self._src_driver.thread.join(10)
+        if self._dst_driver is not None:
+            self._dst_driver.abort()
+            self._dst_driver.thread.join(10)
+        self.guest.shutdown()
+        self._events.put(None)
+
+
+def _qapi_args(profile: Any, name: str, args: dict) -> dict:
+    """QAPI's input checks for the commands whose arguments are plain scalars."""
+    spec: dict[str, dict[str, tuple[type, str, bool]]] = {
+        "migrate": {"uri": (str, "string", True), "blk": (bool, "boolean", False),
+                    "inc": (bool, "boolean", False), "detach": (bool, "boolean", False),
+                    "resume": (bool, "boolean", False)},
+        "migrate-incoming": {"uri": (str, "string", True)},
+        "migrate-continue": {"state": (str, "string", True)},
+        "migrate-set-capabilities": {"capabilities": (object, "array", True)},
+        "x-livemig-set-workload": {"rate": (float, "number", True)},
+    }.get(name, {})
+    for key in args:
+        if key not in spec:
+            raise ParameterError(profile.qapi_error("unexpected") % key)
+    for key, (typ, tname, required) in spec.items():
+        if key not in args:
+            if required:
+                raise ParameterError(profile.qapi_error("missing") % key)
+            continue
+        value = args[key]
+        if typ is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            continue
+        if typ is not object and not isinstance(value, typ):
+            raise ParameterError(profile.qapi_error("type") % (key, tname))
+    return args
