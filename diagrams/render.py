@@ -151,11 +151,12 @@ def _edge_label(edge: Edge, marks: Marks, count: Optional[int],
             text = "~ " + text
         line = f'<FONT COLOR="{colour}">{text}</FONT>' if item.text else ""
         sub = item.sub
-        note = marks.item_notes.get((edge.key, item.id))
-        if note:
-            sub = f"{sub} ({note})" if sub else note
         if sub:
             small = _small(sub, sub_colour, 8)
+            line = f"{line}<BR/>{small}" if line else small
+        note = marks.item_notes.get((edge.key, item.id))
+        if note:
+            small = _small(note, colour, 8)
             line = f"{line}<BR/>{small}" if line else small
         # rows with the same trigger and actor on one edge differ by their guard: show it
         if item.guard and (guards == "all" or (guards == "auto" and seen[(item.text, item.sub)] > 1)):
