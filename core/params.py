@@ -57,9 +57,11 @@ def _visit_bitmap_mapping(profile: Profile, name: str, value: Any) -> list:
             }
             if "transform" in bobj:
                 transform = visit_object(profile, f"{bprefix}.transform", bobj["transform"])
+                # An empty transform object is kept: 7.2's query echoes "transform": {}.
+                item["transform"] = {}
                 if "persistent" in transform:
-                    item["transform"] = {"persistent": visit_bool(
-                        profile, f"{bprefix}.transform.persistent", transform["persistent"])}
+                    item["transform"]["persistent"] = visit_bool(
+                        profile, f"{bprefix}.transform.persistent", transform["persistent"])
                 check_no_extra(profile, f"{bprefix}.transform.", transform, ("persistent",))
             check_no_extra(profile, f"{bprefix}.", bobj, ("name", "alias", "transform"))
             entry["bitmaps"].append(item)

@@ -403,7 +403,14 @@ COMMANDS = (
         Precondition("migrate-recover.state", Not(InState("postcopy-paused", "destination")),
                      "Migrate recover can only be run when postcopy is paused.",
                      state_side="destination"),
-    ), allow_oob=True, sets_flags=("recover_listening",)),
+        Precondition("migrate-recover.protocol", Flag("uri_invalid"),
+                     "unknown migration protocol: %s", state_side="destination",
+                     fill="arg:uri",
+                     doc="observed on 7.2: a paused destination given 'nope:x'; it stays "
+                         "postcopy-paused and a later migrate-recover works"),
+    ), allow_oob=True, sets_flags=("recover_listening",),
+        doc="observed on 7.2: a second migrate-recover while paused is accepted (no "
+            "'triggered already' check); each call emits the incoming setup event"),
     Command("migrate-set-capabilities", ("capabilities",), (
         Precondition("migrate-set-capabilities.running", InState("running"),
                      "There's a migration process in progress"),

@@ -1,0 +1,133 @@
+"""livemig's checkers against answers recorded from real QEMU 7.2 (offline).
+
+The data files in ``tests/data/`` were written by
+``python -m livemig.conformance.ground_truth --out tests/data/`` against
+Debian's qemu-system-x86_64 7.2.  Every record is replayed through
+``check_capabilities`` / ``check_parameters`` / the spec's command
+preconditions; acceptance, the exact error text and (for accepted calls) the
+resulting state must match QEMU's.  No QEMU is needed here.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from livemig.conformance.checker_compare import (
+    Mismatch, Skip, compare_caps, compare_command, compare_params, report,
+)
+from livemig.conformance.ground_truth import FILES, read_cases
+from livemig.spec import load_profile
+
+DATA = Path(__file__).parent / "data"
+SHOW = 30  # mismatches listed in a failure message
+
+
+def _load(kind: str):
+    path = DATA / FILES[kind]
+    if not path.exists():
+        pytest.fail(f"{path} is missing; regenerate with "
+                    f"`python -m livemig.conformance.ground_truth --out tests/data/`")
+    meta, records = read_cases(path)
+    return meta, records, load_profile(meta["profile"])
+
+
+def _host(meta: dict, profile) -> dict:
+    return {**profile.host_defaults(), **(meta.get("host_assumed") or {})}
+
+
+def test_capabilities_agree_with_qemu():
+    meta, records, profile = _load("caps")
+    assert len(records) >= 3000, "the capability data set is unexpectedly small"
+    host = _host(meta, profile)
+    outcomes = [compare_caps(profile, r, host=host) for r in records]
+    mismatches = [o for o in outcomes if isinstance(o, Mismatch)]
+    skipped = [o for o in outcomes if isinstance(o, Skip)]
+    # Only malformed top-level argument objects may be skipped, and few of them.
+    assert len(skipped) <= 20, [s.reason for s in skipped[:5]]
+    assert not mismatches, report(mismatches, SHOW)
+
+
+def test_capability_data_covers_both_sides_and_every_pair():
+    meta, records, profile = _load("caps")
+    names = profile.capability_names()
+    assert meta["capabilities"]["source"] == list(names), "QEMU's capability list != spec"
+    for side in ("source", "destination"):
+        pairs = set()
+        for r in records:
+            args = r["request"]
+            if (r["side"] == side and isinstance(args, dict)
+                    and isinstance(args.get("capabilities"), list)
+                    and not r.get("setup_caps") and not r.get("setup_params")):
+                on = [e.get("capability") for e in args["capabilities"]
+                      if isinstance(e, dict) and e.get("state") is True]
+                if len(on) == 2:
+                    pairs.add(frozenset(on))
+        missing = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]
+                   if frozenset((a, b)) not in pairs]
+        assert not missing, f"{side}: pairs never recorded: {missing[:10]}"
+
+
+def test_rejected_capability_calls_change_nothing_in_qemu():
+    """A property of the ground truth the checkers rely on (all-or-nothing)."""
+    _meta, records, _profile = _load("caps")
+    for r in records:
+        if not r["ok"]:
+            assert sorted(r["after_on"]) == sorted(r.get("setup_caps") or []), r
+
+
+#: QEMU 7.2's check_dirty_bitmap_mig_alias_map errors all start with this text
+#: (facts §5).  The spec has no table that can express those list rules yet, so
+#: these records are held apart in a strict xfail test below.
+BITMAP_MAPPING_PREFIX = "Invalid mapping given for block-bitmap-mapping: "
+
+
+def _is_bitmap_mapping_semantics(rec: dict) -> bool:
+    return (rec["error"] or "").startswith(BITMAP_MAPPING_PREFIX)
+
+
+def test_parameters_agree_with_qemu():
+    meta, records, profile = _load("params")
+    assert len(records) >= 1000, "the parameter data set is unexpectedly small"
+    host = _host(meta, profile)
+    outcomes = [compare_params(profile, r, meta["param_defaults"][r["side"]], host=host)
+                for r in records if not _is_bitmap_mapping_semantics(r)]
+    mismatches = [o for o in outcomes if isinstance(o, Mismatch)]
+    assert not [o for o in outcomes if isinstance(o, Skip)]
+    assert not mismatches, report(mismatches, SHOW)
+
+
+@pytest.mark.xfail(strict=True, reason="block-bitmap-mapping alias-map rules (node alias "
+                   "well-formed and <= 255 bytes, node name / node alias / bitmap / bitmap "
+                   "alias unique) are not in the spec or checker yet")
+def test_block_bitmap_mapping_rules_agree_with_qemu():
+    meta, records, profile = _load("params")
+    chosen = [r for r in records if _is_bitmap_mapping_semantics(r)]
+    assert len(chosen) >= 20
+    outcomes = [compare_params(profile, r, meta["param_defaults"][r["side"]]) for r in chosen]
+    mismatches = [o for o in outcomes if isinstance(o, Mismatch)]
+    assert not mismatches, report(mismatches, SHOW)
+
+
+def test_parameter_defaults_match_the_spec():
+    meta, _records, profile = _load("params")
+    for side, query in meta["param_defaults"].items():
+        spec = {p.name: p.default for p in profile.parameters if p.default is not None}
+        assert query == spec, side
+
+
+def test_rejected_parameter_calls_change_nothing_in_qemu():
+    _meta, records, _profile = _load("params")
+    for r in records:
+        if not r["ok"]:
+            assert r["query_diff"] == (r.get("setup_diff") or {}), r
+
+
+def test_command_preconditions_agree_with_qemu():
+    meta, records, profile = _load("commands")
+    host = _host(meta, profile)
+    outcomes = [compare_command(profile, r, host=host) for r in records]
+    mismatches = [o for o in outcomes if isinstance(o, Mismatch)]
+    compared = sum(1 for o in outcomes if o is None)
+    assert compared >= 150, f"only {compared} command records were comparable"
+    assert not mismatches, report(mismatches, SHOW)
