@@ -199,7 +199,8 @@ def write_index(out_dir: Path, index: Path, profiles: Sequence[str],
         "How to read them:",
         "",
         "- rounded box: a status; double border: terminal; bold border: the initial state;",
-        "- heavy black: the main path (precopy and postcopy to the first terminal state);",
+        "- heavy black: the main path, precopy and postcopy, to the first terminal state "
+        "(derived: rows that move forward in QEMU's enum order, which follows the lifecycle);",
         "- solid: a CAS from one exact state (`migrate_set_state(&s, OLD, NEW)`);",
         "- dashed blue from **any of G**: a row whose OLD is the group G;",
         "- dashed purple from **current ∈ {…}**: QEMU passes the state it read earlier as OLD "
@@ -208,7 +209,14 @@ def write_index(out_dir: Path, index: Path, profiles: Sequence[str],
         "state change;",
         "- each label line is one spec row: the QEMU function, then the actor (thread/context);",
         "- shaded boxes: state groups that nest; the others are listed under the title;",
-        "- SVG tooltips give each row's id, guard and notes.",
+        "- where two rows on one edge have the same function and actor, their guards are "
+        "written under them (`livemig diagram --guards all` writes every guard);",
+        "- SVG tooltips give each row's id, guard and notes;",
+        "- PostcopyState: red dashed from **any other**: a handler that exchanges first and "
+        "checks after, so on error the state has already moved;",
+        "- capability rules: red line: both on is refused; blue arrow: requires; ✗ lines on a "
+        "capability: refused under that host/parameter condition; conditions on an edge "
+        "restrict the rule.",
         "",
     ]
     for name in profiles:
