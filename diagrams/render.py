@@ -340,11 +340,11 @@ def _legend_html(model: Model, marks: Marks) -> str:
     parts = []
     for k, text in _KIND_LEGEND.get(kind, []):
         if k == "main":
-            glyph, colour = "━━", KIND_COLOUR["exact"]
+            glyph, colour = "━━━", KIND_COLOUR["exact"]
         else:
-            glyph = {"solid": "──", "dashed": "╌╌", "dotted": "┈┈"}[KIND_STYLE[k]]
+            glyph = {"solid": "───", "dashed": "╌╌╌", "dotted": "┈┈┈"}[KIND_STYLE[k]]
             colour = KIND_COLOUR[k]
-        parts.append(f'<FONT COLOR="{colour}"><B>{glyph}</B></FONT> {_e(text)}')
+        parts.append(f'<FONT COLOR="{colour}" POINT-SIZE="13"><B>{glyph}</B></FONT> {_e(text)}')
     if kind == "status":
         parts.append("double border: terminal")
     for m, text in marks.legend:
