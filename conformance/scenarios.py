@@ -72,6 +72,8 @@ class Process:
     proc: subprocess.Popen
     serial_path: Optional[str] = None
     log_path: Optional[str] = None
+    #: a second QMP socket for an observer such as ``livemig monitor``
+    monitor_qmp_path: Optional[str] = None
 
     def alive(self) -> bool:
         return self.proc.poll() is None
@@ -121,7 +123,7 @@ class QemuLauncher:
     """Starts ``qemu-system-x86_64`` processes booting the test guest."""
 
     def __init__(self, binary: Optional[str] = None, workdir: Optional[str] = None,
-                 ram: str = guest.RAM) -> None:
+                 ram: str = guest.RAM, monitor_socket: bool = False) -> None:
         self.binary = binary or shutil.which("qemu-system-x86_64")
         if self.binary is None:
             raise FileNotFoundError("qemu-system-x86_64 is not installed")
@@ -131,6 +133,7 @@ class QemuLauncher:
             workdir = self._tmp.name
         self.workdir = workdir
         self.ram = ram
+        self.monitor_socket = monitor_socket
         self.processes: list[Process] = []
 
     def _start(self, name: str, extra: list[str]) -> Process:
@@ -138,11 +141,16 @@ class QemuLauncher:
         serial = os.path.join(self.workdir, f"{name}-serial.log")
         log = os.path.join(self.workdir, f"{name}.log")
         argv = [self.binary, *guest.machine_args(f"file:{serial}", ram=self.ram),
-                "-name", name, "-qmp", f"unix:{qmp},server=on,wait=off", *extra]
+                "-name", name, "-qmp", f"unix:{qmp},server=on,wait=off"]
+        mon = None
+        if self.monitor_socket:
+            mon = os.path.join(self.workdir, f"{name}-mon.sock")
+            argv += ["-qmp", f"unix:{mon},server=on,wait=off"]
+        argv += extra
         with open(log, "wb") as out:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True)
-        p = Process(name, qmp, proc, serial, log)
+        p = Process(name, qmp, proc, serial, log, mon)
         self.processes.append(p)
         return p
 
