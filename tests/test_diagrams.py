@@ -344,3 +344,23 @@ def test_demo_stage_writes_everything_and_says_where(tmp_path):
                 assert (out / profile / f"{machine}{suffix}").stat().st_size > 500
             assert f"({profile}/{machine}.svg)" in index
     assert any(str(out) in line for line in console.lines)
+
+
+def test_a_spec_change_changes_the_committed_source():
+    """What the freshness test relies on: any row or group change reaches the DOT."""
+    import dataclasses
+
+    before = to_digraph(build_model(P72, "source")).source
+    row = dataclasses.replace(P72.transition("src.cleanup.cancelled"), id="src.test.extra",
+                              trigger="a_new_call_site", old="cancelled", new="none")
+    added = dataclasses.replace(P72, transitions=P72.transitions + (row,))
+    after = to_digraph(build_model(added, "source")).source
+    assert "a_new_call_site" in after and "a_new_call_site" not in before
+    guard = dataclasses.replace(P72.transition("src.thread.active"), actor="another_thread")
+    changed = dataclasses.replace(P72, transitions=tuple(
+        guard if t.id == guard.id else t for t in P72.transitions))
+    assert to_digraph(build_model(changed, "source")).source != before
+    groups = tuple(dataclasses.replace(g, members=g.members[:-1]) if g.name == "setup_or_active"
+                   else g for g in P72.groups)
+    assert to_digraph(build_model(dataclasses.replace(P72, groups=groups), "source")).source \
+        != before
