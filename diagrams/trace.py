@@ -228,6 +228,7 @@ def overlay_marks(model: Model, profile: Profile, steps: list[Step]) -> Marks:
     edge_counts: Counter[tuple[str, str, str]] = Counter()
     link_counts: Counter[tuple[str, str]] = Counter()
     illegal: Counter[tuple[str, str]] = Counter()
+    reasons: dict[tuple[str, str], list[str]] = {}
     extra_nodes: dict[str, Node] = {}
 
     def status_node(name: str) -> str:
@@ -243,6 +244,8 @@ def overlay_marks(model: Model, profile: Profile, steps: list[Step]) -> Marks:
     for step in steps:
         if step.kind == "illegal":
             illegal[(step.old, step.new)] += 1
+            if step.reason not in reasons.setdefault((step.old, step.new), []):
+                reasons[(step.old, step.new)].append(step.reason)
             node_counts[status_node(step.new)] += 1
             continue
         row = profile.transition(step.rows[0])
@@ -273,7 +276,7 @@ def overlay_marks(model: Model, profile: Profile, steps: list[Step]) -> Marks:
         else:  # a group row: an extra edge into the "any of" node
             marks.extra_edges.append((Edge(tail, head, "group"), "visited", count))
     for (old, new), count in sorted(illegal.items()):
-        item = Item("illegal", "illegal step", "no spec row allows it")
+        item = Item("illegal", "illegal step", "; ".join(reasons[(old, new)]))
         marks.extra_edges.append((Edge(status_node(old), status_node(new), "exact", [item]),
                                   "illegal", count))
         marks.nodes[status_node(new)] = "illegal"
