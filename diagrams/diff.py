@@ -71,6 +71,8 @@ def diff_model(a: Profile, b: Profile, machine: str) -> tuple[Model, Marks]:
         if old is None:
             if nid not in ma.universe:
                 marks.nodes[nid] = "added"
+            elif node.sub:  # declared before, but its own annotations (rules) are new
+                marks.nodes[nid] = "changed"
         elif old.fingerprint != node.fingerprint or old.sub != node.sub:
             marks.nodes[nid] = "changed"
     for nid, node in ma.nodes.items():
