@@ -91,9 +91,15 @@ def show_checkers(console: Console) -> None:
 
 
 #: the demo's stages in order; later areas append theirs
+def _diagrams(console: Console, args: argparse.Namespace) -> object:
+    from livemig.diagrams import demo_stage
+    return demo_stage(console, args)
+
+
 STAGES: list[tuple[str, Callable[[Console, argparse.Namespace], object]]] = [
     ("The spec", lambda console, args: show_spec(console)),
     ("The checkers", lambda console, args: show_checkers(console)),
+    ("The diagrams", _diagrams),
 ]
 
 
