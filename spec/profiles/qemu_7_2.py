@@ -19,6 +19,9 @@ from livemig.spec.schema import (
 )
 from livemig.spec.profiles.qemu_3_0 import COMMANDS as _COMMANDS_3_0
 
+#: the migration thread is not asleep in postcopy_pause() (qemu_3_0.postcopy_pause_waiting)
+_THREAD_AWAKE = Not(Flag("postcopy_pause_waiting"))
+
 NAME = "qemu-7.2"
 TITLE = "QEMU 7.2 (Debian bookworm)"
 EXTENDS = "qemu-3.0"
@@ -82,12 +85,13 @@ TRANSITIONS = Patch(
                        "posts pause_sem first when the state was pre-switchover"),
         Transition("src.completion.completed", "source", "migration_thread",
                    "migration_completion", CURRENT, "completed",
-                   guard=All(Flag("converged"), Not(Cap("x-colo"))),
+                   guard=All(Flag("converged"), Not(Cap("x-colo")), _THREAD_AWAKE),
                    within=("active", "postcopy-active", "device"),
                    doc="CAS from the state read at entry (device after a pause)"),
         Transition("src.completion.failed", "source", "migration_thread",
                    "migration_completion", CURRENT, "failed",
-                   guard=AnyOf(Flag("completion_error"), InState("cancelling")),
+                   guard=All(AnyOf(Flag("completion_error"), InState("cancelling")),
+                             _THREAD_AWAKE),
                    within=("active", "postcopy-active", "device", "cancelling"),
                    doc="a state other than active/postcopy-active at entry jumps to fail "
                        "with that state as OLD: cancelling -> failed"),
@@ -118,7 +122,7 @@ TRANSITIONS = Patch(
         Transition("src.postcopy_start.preempt_failed", "source", "migration_thread",
                    "postcopy_start", CURRENT, "failed",
                    guard=All(Cap("postcopy-preempt"), Flag("start_postcopy"),
-                             Flag("preempt_channel_error")),
+                             Flag("preempt_channel_error"), _THREAD_AWAKE),
                    within=("active", "cancelling")),
         Transition("src.bg.failed", "source", "bg_migration_thread", "bg_migration_thread",
                    "active", "failed", guard=All(Cap("background-snapshot"), Flag("bg_error"))),
@@ -270,6 +274,12 @@ CAP_RULES = (
     CapRule("multifd.compress", All(Cap("multifd"), Cap("compress")),
             "Multifd is not compatible with compress"),
 )
+
+# QMP's dispatcher, before any member is visited (observed on 7.2 with
+# "arguments": [] / "x" / 1 for migrate-set-parameters and -capabilities).
+QAPI_ERRORS = Patch(add=(
+    ("arguments_not_object", "QMP input member 'arguments' must be an object"),
+))
 
 _COMPRESSION = ("none", "zlib", "zstd")
 

@@ -1,0 +1,1 @@
+"""livemig.core.prove: Z3 proofs of the invariant catalogue (placeholder, filled below)."""
