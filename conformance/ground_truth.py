@@ -65,6 +65,10 @@ FILES = {
 }
 SIDES: tuple[str, ...] = ("source", "destination")
 
+#: Pairs of unknown member names, each sent in both orders.
+UNKNOWN_PAIRS = (("aaa", "zzz"), ("foo", "bar"), ("x", "y"), ("nope", "abc"), ("a", "b"),
+                 ("extra", "bogus"), ("q1", "q2"))
+
 #: A value that stands for "member absent" in query diffs cannot be JSON null
 #: (null is a legal parameter value), so removals are written as this marker.
 ABSENT = {"$absent": True}
@@ -261,6 +265,8 @@ def invalid_capability_cases(profile: Profile, rng: random.Random) -> list[CapCa
               for c in (5, None, True, [a], {"x": a})]
     cases += [
         CapCase(None, note="no arguments"),
+        CapCase([], note="arguments not an object"),
+        CapCase("x", note="arguments not an object"),
         CapCase({}, note="missing capabilities"),
         CapCase({"capabilities": None}, note="capabilities null"),
         CapCase({"capabilities": "x"}, note="capabilities not a list"),
@@ -298,6 +304,19 @@ def invalid_capability_cases(profile: Profile, rng: random.Random) -> list[CapCa
         CapCase({"capabilities": [{"capability": a, "state": True}] * 3
                  + [{"capability": b, "state": 1}]}, note="index 3 bad"),
     ]
+    # two unknown members: QEMU does not report them in request order
+    for x, y in UNKNOWN_PAIRS:
+        for first, second in ((x, y), (y, x)):
+            cases.append(CapCase({"capabilities": [{"capability": a, "state": True,
+                                                    first: 1, second: 1}]},
+                                 note="two unknown members"))
+    for extra in (["u1", "u2", "u3"], ["a", "b", "c", "d"], ["k1", "k2", "k3", "k4", "k5", "k6"],
+                  ["zeta", "alpha", "mid", "x", "y", "q", "r", "s"]):
+        element = {"capability": a, "state": True, **{u: 1 for u in extra}}
+        cases.append(CapCase({"capabilities": [element]}, note="several unknown members"))
+        items = list(element.items())
+        rng.shuffle(items)
+        cases.append(CapCase({"capabilities": [dict(items)]}, note="several unknown members"))
     # the same malformed shapes against other capability names (index text)
     for n in rng.sample(names, 5):
         cases.append(CapCase({"capabilities": [good, good, {"capability": n, "state": "x"}]},
@@ -503,10 +522,28 @@ def parameter_cases(profile: Profile, rng: random.Random, n_random: int) -> list
     """Cases as dicts: {"request", "setup_caps", "setup_params", "note"}."""
     names = settable(profile)
     cases: list[dict] = [{"request": {}, "note": "no parameters"},
-                         {"request": None, "note": "no arguments member"}]
+                         {"request": None, "note": "no arguments member"},
+                         *[{"request": junk, "note": "arguments not an object"}
+                           for junk in ([], "x", 1, True, [{"downtime-limit": 1}])]]
     for n in names:
         for v in value_pool(profile, n):
             cases.append({"request": {n: v}, "note": "single"})
+    # two unknown names: which one QEMU reports does not follow request order
+    for x, y in UNKNOWN_PAIRS:
+        for first, second in ((x, y), (y, x)):
+            cases.append({"request": {first: 1, second: 1}, "note": "two unknown parameters"})
+            cases.append({"request": {first: 1, names[0]: profile.parameter(names[0]).default,
+                                      second: 1}, "note": "two unknown parameters"})
+    # ... also in larger objects, where QEMU's key table is resized while filled and
+    # shrunk while the known members are read (see conformance/qapi_order.py)
+    for k in (3, 5, 6, 7, 8, 10, 12, 16, 20, len(names)):
+        for _ in range(4):
+            request = {n: profile.parameter(n).default for n in rng.sample(names, k)
+                       if profile.parameter(n).default is not None}
+            unknown = list(rng.choice(UNKNOWN_PAIRS)) + (["zz9", "u_u"][:rng.randint(0, 2)])
+            items = list(request.items()) + [(u, 1) for u in unknown]
+            rng.shuffle(items)
+            cases.append({"request": dict(items), "note": "unknown parameters in a large object"})
     # unknown names
     for bad in ("nope", names[0].replace("-", "_"), names[0].upper(), names[0] + "s", "",
                 "x-" + names[0], "capabilities"):
