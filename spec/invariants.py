@@ -8,7 +8,7 @@ must find.  Where QEMU itself breaks a property, the expectation is
 (shared/reference/qemu-migration-facts.md): the catalogue documents QEMU
 honestly rather than the QEMU we would like.
 """
-from livemig.spec.expr import All, AnyOf, Cap, InState, Not, PostcopyIs
+from livemig.spec.expr import All, AnyOf, Cap, Flag, InState, Not, PostcopyIs
 from livemig.spec.schema import Expectation, Invariant, ProverModel
 
 P30, P72 = "qemu-3.0", "qemu-7.2"
@@ -55,6 +55,26 @@ INVARIANTS = (
             "migrate_postcopy() is postcopy-ram || dirty-bitmaps: with dirty-bitmaps alone, "
             "migrate-start-postcopy is accepted (facts §6) and no rule forbids compress, so "
             "postcopy_start enters postcopy-active with compress on")),
+    Invariant(
+        "postcopy_needs_postcopy_capability", "implies",
+        "the source is in a postcopy state only with postcopy-ram or dirty-bitmaps on",
+        side="source", when=InState("in_postcopy_any"),
+        then=AnyOf(Cap("postcopy-ram"), Cap("dirty-bitmaps")),
+        expected=_both("migrate-start-postcopy refuses without them (facts §6) and the "
+                       "capabilities cannot change while the migration runs")),
+    Invariant(
+        "pre_switchover_needs_pause_capability", "implies",
+        "the source pauses in pre-switchover only with pause-before-switchover on",
+        side="source", when=InState("pre-switchover"), then=Cap("pause-before-switchover"),
+        expected=_both()),
+    Invariant(
+        "source_colo_needs_x_colo", "implies",
+        "the source is in colo only with x-colo on", side="source", when=InState("colo"),
+        then=Cap("x-colo"),
+        expected=_refuted_both(
+            "migrate-set-capabilities is refused only while setup_or_active (3.0 seed "
+            "qmp_migrate_set_capabilities) / running (7.2), neither of which contains colo "
+            "(facts §1.2, §4): x-colo can be switched off during COLO")),
     Invariant(
         "source_caps_satisfy_rules", "caps_satisfy_rules",
         "every capability set the source ever holds passed the profile's rules",
@@ -113,6 +133,34 @@ INVARIANTS = (
         "RUNNING -> END", expected=_both(
             "xchg-then-check handlers still store forward values; the stream order "
             "is the handler table's order (abstraction, see livemig.core.prove.encode)")),
+    Invariant(
+        "destination_paused_leads_only_to_recover", "leads_only_to",
+        "a paused destination waits for recovery: it leaves postcopy-paused only to "
+        "postcopy-recover", side="destination", state="postcopy-paused",
+        states=("postcopy-recover",),
+        expected=_both("no destination row fails or completes from postcopy-paused; a "
+                       "cancelled source leaves it hanging there (facts §1.7)")),
+    Invariant(
+        "destination_pauses_only_when_running", "implies",
+        "the destination is postcopy-paused only once PostcopyState reached RUNNING",
+        side="destination", when=InState("postcopy-paused"),
+        then=AnyOf(PostcopyIs("RUNNING"), PostcopyIs("END")),
+        expected=_both("postcopy_pause_incoming needs PostcopyState RUNNING (facts §1.4, §3)")),
+    Invariant(
+        "source_recovers_only_after_resume", "implies",
+        "the source is in postcopy-recover only after `migrate resume=true`",
+        side="source", when=InState("postcopy-recover"), then=Flag("resume_requested"),
+        expected=_both()),
+    Invariant(
+        "destination_recovers_only_after_migrate_recover", "implies",
+        "the destination is in postcopy-recover only after migrate-recover",
+        side="destination", when=InState("postcopy-recover"), then=Flag("recover_listening"),
+        expected=_both()),
+    Invariant(
+        "device_only_after_continue", "implies",
+        "the source reaches device (after pre-switchover) only after migrate-continue",
+        side="source", when=InState("device"), then=Flag("continue_posted"),
+        expected=_both()),
     # ---- cancel ----------------------------------------------------------
     Invariant(
         "cancelling_leads_only_to_cancelled", "leads_only_to",
@@ -168,6 +216,19 @@ INVARIANTS = (
         side="destination", when=InState("postcopy-active"),
         then=AnyOf(PostcopyIs("LISTENING"), PostcopyIs("RUNNING"), PostcopyIs("END")),
         expected=_both()),
+    Invariant(
+        "source_colo_entered_only_from_active", "entered_only_from",
+        "COLO starts only at the end of precopy", side="source", state="colo",
+        states=("active",), expected=_both()),
+    Invariant(
+        "source_none_entered_only_from_idle", "entered_only_from",
+        "the source returns to none only from an idle state (migrate_init's reset)",
+        side="source", state="none", states=("cancelled", "completed", "failed"),
+        expected=_both()),
+    Invariant(
+        "destination_never_returns_to_none", "entered_only_from",
+        "an incoming migration is single-use: the destination never returns to none",
+        side="destination", state="none", states=(), expected=_both()),
     # ---- terminal states, events ----------------------------------------
     Invariant(
         "terminal_states_stay", "terminal_stays",

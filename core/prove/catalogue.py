@@ -114,14 +114,17 @@ def _fold(inv: Invariant, profile: str, findings: list, elapsed: dict) -> Result
 def prove_profile(profile: Profile | str, invariants: tuple[Invariant, ...] = INVARIANTS, *,
                   reference: Optional[Profile] = None, bmc_depth: int = BMC_DEPTH,
                   max_k: int = MAX_K, stop_early: bool = False,
-                  stats: Optional[list] = None) -> list[Result]:
+                  stats: Optional[list] = None,
+                  sides: tuple[str, ...] = SIDES) -> list[Result]:
     """Every catalogue entry's result for ``profile``.
 
     ``reference`` (default: the profile itself) is the profile whose rules
     the rule-based entries read; for a mutant it is the unmutated profile and
     ``profile.name`` is the name used to look up expectations.
     ``stop_early`` stops at the first refuted safety obligation whose entry
-    is expected to be proved (used to kill mutants quickly).
+    is expected to be proved (used to kill mutants quickly).  ``sides``
+    limits the run to those sides' encodings; entries with no obligation on
+    them are left out of the answer.
     """
     p = load_profile(profile) if isinstance(profile, str) else profile
     t0 = time.perf_counter()
@@ -129,7 +132,7 @@ def prove_profile(profile: Profile | str, invariants: tuple[Invariant, ...] = IN
     elapsed: dict[int, float] = {}
     side_stats = {}
     hist = histories(invariants)
-    for side in SIDES:
+    for side in sides:
         enc = Encoding(p, reference=reference, history=hist, sides=(side,))
         obs = []
         for inv in invariants:
@@ -152,7 +155,8 @@ def prove_profile(profile: Profile | str, invariants: tuple[Invariant, ...] = IN
             break
     if stats is not None:
         stats.append(RunStats(p.name, time.perf_counter() - t0, side_stats))
-    return [_fold(inv, p.name, per_inv[inv.name], elapsed) for inv in invariants]
+    return [_fold(inv, p.name, per_inv[inv.name], elapsed) for inv in invariants
+            if per_inv[inv.name] or sides == SIDES]
 
 
 def prove_all(names: Optional[list[str]] = None, **kw) -> list[Result]:
