@@ -221,6 +221,11 @@ INVARIANTS = (
         "COLO starts only at the end of precopy", side="source", state="colo",
         states=("active",), expected=_both()),
     Invariant(
+        "wait_unplug_entered_only_from_setup", "entered_only_from",
+        "the failover-unplug wait happens only at the start (qemu_savevm_wait_unplug after "
+        "setup); absent from qemu-3.0", side="source", state="wait-unplug",
+        states=("setup",), expected=_both()),
+    Invariant(
         "source_none_entered_only_from_idle", "entered_only_from",
         "the source returns to none only from an idle state (migrate_init's reset)",
         side="source", state="none", states=("cancelled", "completed", "failed"),

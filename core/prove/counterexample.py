@@ -41,9 +41,9 @@ def _guard_flags(profile, row_id: Optional[str], env: list[str]) -> list[str]:
     return [f for f in env if f in names]
 
 
-def steps(trace: dict) -> list[TraceStep]:
-    """The non-idle steps of ``trace``."""
-    profile = load_profile(trace["profile"])
+def steps(trace: dict, profile=None) -> list[TraceStep]:
+    """The non-idle steps of ``trace`` (``profile``: the one it ran on, e.g. a mutant)."""
+    profile = profile or load_profile(trace["profile"])
     states = trace["states"]
     out = []
     for i, st in enumerate(trace["steps"]):
@@ -78,9 +78,9 @@ def steps(trace: dict) -> list[TraceStep]:
     return out
 
 
-def render(trace: dict, title: str = "") -> str:
+def render(trace: dict, title: str = "", profile=None) -> str:
     """The trace as a fixed-width step table."""
-    rows = steps(trace)
+    rows = steps(trace, profile)
     head = ("#", "side", "actor", "row / command", "old -> new", "flags / notes")
     cells = [head] + [(str(r.index), r.side, r.actor, r.action,
                        f"{r.old} -> {r.new}" if r.old != r.new else r.old, r.note) for r in rows]
@@ -130,11 +130,22 @@ def pytest_source(trace: dict, invariant: str, expect: str) -> str:
             profile = load_profile(TRACE["profile"])
             cells = {{side: StatusCell(profile, side, strict=True) for side in TRACE["sides"]}}
             caps = {{side: set() for side in TRACE["sides"]}}
+            host = {{h.name: h.name not in TRACE["host_false"] for h in profile.host_facts}}
+            params = {{p.name: p.default for p in profile.parameters}}
             seen = {{}}
             for i, step in enumerate(TRACE["steps"]):
                 before, after = TRACE["states"][i], TRACE["states"][i + 1]
                 side, kind = step["side"], step["kind"]
                 cell = cells.get(side)
+                if kind in ("cas", "read", "store", "event"):
+                    # the row's guard holds in the state the prover chose
+                    env = GuardEnv(profile, side=side,
+                                   states={{s: before[s] for s in TRACE["sides"]}},
+                                   caps={{c: c in caps[side] for c in profile.capability_names()}},
+                                   flags={{f: True for f in step["env"] + before["flags"]}},
+                                   host=host, runstate=MODEL.runstates_of(side)[0],
+                                   params=params, postcopy_state=before.get("postcopy", "NONE"))
+                    assert evaluate(profile.transition(step["row"]).guard, env), step
                 if kind in ("cas",):
                     row = profile.transition(step["row"])
                     assert cell.set_state(row.id, row.old, row.new)
@@ -154,7 +165,7 @@ def pytest_source(trace: dict, invariant: str, expect: str) -> str:
                     env = GuardEnv(profile, side=side,
                                    caps={{c: c in new for c in profile.capability_names()}},
                                    was_caps={{c: c in caps[side] for c in profile.capability_names()}},
-                                   params={{p.name: p.default for p in profile.parameters}},
+                                   params=params, host=host,
                                    runstate=MODEL.runstates_of(side)[0])
                     failing = [r.id for r in profile.cap_rules if evaluate(r.when, env)]
                     assert not failing, failing

@@ -347,6 +347,10 @@ class Encoding:
         finite-domain solver's datatype-to-bit-vector reduction happy)."""
         return z3.Or([z3.And(a == v, b == v) for v in self.status.values()])
 
+    def _others(self, side: str) -> dict[str, z3.ExprRef]:
+        """In ``side``'s process, the other side's object: never driven, so the initial status."""
+        return {o: self.status[self.initial_status] for o in SIDES if o != side}
+
     def is_act(self, step: Step, name: str) -> z3.BoolRef:
         return step.act == self.action_const[name]
 
@@ -356,7 +360,8 @@ class Encoding:
               params: Optional[dict[tuple, z3.BoolRef]] = None,
               status_override: Optional[dict[str, z3.ExprRef]] = None,
               free: Optional[dict[str, z3.BoolRef]] = None,
-              profile: Optional[Profile] = None) -> z3.BoolRef:
+              profile: Optional[Profile] = None,
+              state_side: Optional[str] = None) -> z3.BoolRef:
         """The Z3 reading of a guard (same meaning as ``livemig.core.guards.evaluate``).
 
         ``side`` is the side whose caps and (for a bare ``InState``) status the
@@ -365,7 +370,8 @@ class Encoding:
         """
         prof = profile or self.profile
         g = lambda x: self.guard(x, side, s, inp, caps=caps, was=was, params=params,  # noqa: E731
-                                 status_override=status_override, free=free, profile=prof)
+                                 status_override=status_override, free=free, profile=prof,
+                                 state_side=state_side)
         if isinstance(ex, E.Const):
             return z3.BoolVal(ex.value)
         if isinstance(ex, E.Not):
@@ -399,7 +405,7 @@ class Encoding:
                 return free[("runstate", side)] == names.index(ex.name)
             return inp.runstate[side] == names.index(ex.name)
         if isinstance(ex, E.InState):
-            who = ex.side or side
+            who = ex.side or state_side or side
             value = (status_override or {}).get(who)
             if value is None:
                 value = s[("st", who)]
@@ -492,18 +498,18 @@ class Encoding:
             sources = p.sources_of(row)
             idle = self._idle(s, a.side, a.actor)
             if a.kind == "store":
-                en = z3.And(idle, self.in_states(st, sources), self.guard(row.guard, a.side, s, inp))
+                en = z3.And(idle, self.in_states(st, sources), self.guard(row.guard, a.side, s, inp, status_override=self._others(a.side)))
                 upd[("st", a.side)] = self.status[row.new]
                 for f in p.flags:
                     if f.kind in ("command", "thread") and self.flag_side.get(f.name) == a.side:
                         upd[("flag", f.name)] = z3.BoolVal(False)
                 return en, upd, free, None
             if a.kind == "event":
-                en = z3.And(idle, self.in_states(st, sources), self.guard(row.guard, a.side, s, inp))
+                en = z3.And(idle, self.in_states(st, sources), self.guard(row.guard, a.side, s, inp, status_override=self._others(a.side)))
                 cond = z3.BoolVal(True) if not row.event_needs_cap else events_on(a.side)
                 return en, upd, free, (cond, self.status[row.emits])
             if a.kind == "cas":
-                en = z3.And(idle, st == self.status[row.old], self.guard(row.guard, a.side, s, inp))
+                en = z3.And(idle, st == self.status[row.old], self.guard(row.guard, a.side, s, inp, status_override=self._others(a.side)))
                 upd[("st", a.side)] = self.status[row.new]
                 self._success_updates(row, z3.BoolVal(True), s, upd)
                 cond = z3.BoolVal(True) if not row.event_needs_cap else events_on(a.side)
@@ -512,7 +518,7 @@ class Encoding:
             seen = s[("seen", a.side, a.actor)]
             if a.kind == "read":
                 en = z3.And(idle, self.in_states(st, sources),
-                            self.guard(row.guard, a.side, s, inp))
+                            self.guard(row.guard, a.side, s, inp, status_override=self._others(a.side)))
                 upd[("pend", a.side, a.actor)] = self.pend[row.id]
                 upd[("seen", a.side, a.actor)] = st
                 return en, upd, free, None
@@ -531,10 +537,12 @@ class Encoding:
             return en, upd, free, (cond, self.status[row.new])
         if a.kind in ("command", "caps", "params"):
             c = p.command(a.command)
-            override = ({"source": self.status[self.initial_status]}
-                        if a.side == "destination" else None)
-            fails = [self.guard(pre.when, a.side if pre.state_side == a.side else pre.state_side,
-                                s, inp, status_override=override)
+            # A command runs in one process: the other side's object there is the
+            # process's own idle one (a destination never migrates out, a source
+            # never receives), i.e. the initial status.
+            override = {o: self.status[self.initial_status] for o in SIDES if o != a.side}
+            fails = [self.guard(pre.when, a.side, s, inp, status_override=override,
+                                state_side=pre.state_side)
                      for pre in c.preconditions]
             en = z3.And(self._idle(s, a.side, "monitor"), z3.Not(z3.Or(fails)) if fails
                         else z3.BoolVal(True))
@@ -687,7 +695,8 @@ class Encoding:
                 domains.append([z3.BoolVal(True), z3.BoolVal(False)])
         for combo in itertools.product(*domains):
             free = dict(zip(inputs, combo))
-            options.append(self.guard(ex, side, s, None, free=free))
+            options.append(self.guard(ex, side, s, None, free=free,
+                                      status_override=self._others(side)))
         return z3.Or(options) if len(options) > 1 else options[0]
 
     def pending_lemmas(self, s: State) -> list[z3.BoolRef]:

@@ -159,8 +159,34 @@ class MutantReport:
                             for r in self.results]}
 
 
-#: why a known survivor is equivalent as far as the catalogue can tell (filled from runs)
-SURVIVOR_REASONS: dict[str, str] = {}
+_CAUSE = ("the status changes this row makes (to failed/completed) are made by other rows "
+          "under environment flags alone, and no catalogue entry ties a status change to the "
+          "thread or capability that caused it: equivalent for the catalogue")
+_COLO = ("x-colo can be switched off during colo in QEMU (entry source_colo_needs_x_colo is "
+         "refuted on purpose), so no entry can say COLO needs x-colo; entering colo only from "
+         "active is still checked")
+
+#: why a known survivor is equivalent as far as the catalogue can tell
+SURVIVOR_REASONS: dict[str, str] = {
+    "widen-guard:src.colo.start": _COLO,
+    "widen-guard:src.completion.colo": _COLO,
+    "widen-guard:src.completion.completed": (
+        "the guard only separates completed from colo (x-colo) and from a sleeping "
+        "migration thread; within active/postcopy-active/device neither is observable by an "
+        "entry: completing with x-colo on is a status change the catalogue allows"),
+    "widen-guard:src.detect_error.failed": (
+        "the row only fires within `active`, where its InState(postcopy-active) term is "
+        "always false: widening leaves the environment flag only, an equivalent mutant"),
+    "widen-guard:src.bg.failed": _CAUSE,
+    "widen-guard:src.bg.completed": _CAUSE,
+    "widen-guard:src.multifd.send_failed": _CAUSE,
+    "widen-guard:src.multifd.recv_failed": _CAUSE,
+    "drop-cap-rule:background-snapshot.zero-copy-send": (
+        "redundant rule: zero-copy-send needs multifd (zero-copy-send.needs-plain-multifd, "
+        "or zero-copy-send.not-linux off Linux) and background-snapshot.multifd refuses "
+        "multifd with background-snapshot, so the pair is refused anyway (with another "
+        "message; the catalogue checks sets, not texts)"),
+}
 
 
 def check_mutant(profile_name: str, mutant_id: str) -> MutantResult:
