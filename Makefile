@@ -11,7 +11,7 @@ BIN    := $(VENV)/bin
 DEBIAN_PACKAGES := graphviz qemu-system-x86
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test setup system-packages prove clean
+.PHONY: demo test setup system-packages prove prove-mutants clean
 
 demo: setup
 	$(BIN)/livemig demo
@@ -20,7 +20,11 @@ test: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=15
 
 prove: setup
-	$(BIN)/livemig prove --all
+	$(BIN)/livemig prove --all --traces none --junit prove-junit.xml
+
+# Spec mutants: the catalogue must kill at least 90% (exit 1 otherwise).
+prove-mutants: setup
+	$(BIN)/livemig prove --all --traces none --mutants --jobs 2
 
 setup: system-packages $(STAMP)
 

@@ -96,9 +96,15 @@ def _diagrams(console: Console, args: argparse.Namespace) -> object:
     return demo_stage(console, args)
 
 
+def _proofs(console: Console, args: argparse.Namespace) -> object:
+    from livemig.core.prove.demo import demo_stage
+    return demo_stage(console, args)
+
+
 STAGES: list[tuple[str, Callable[[Console, argparse.Namespace], object]]] = [
     ("The spec", lambda console, args: show_spec(console)),
     ("The checkers", lambda console, args: show_checkers(console)),
+    ("The proofs", _proofs),
     ("The diagrams", _diagrams),
 ]
 

@@ -159,9 +159,11 @@ class MutantReport:
                             for r in self.results]}
 
 
-_CAUSE = ("the status changes this row makes (to failed/completed) are made by other rows "
-          "under environment flags alone, and no catalogue entry ties a status change to the "
-          "thread or capability that caused it: equivalent for the catalogue")
+_CAUSE = ("the guard's capability term only decides whether this row may fire; with the "
+          "capability on, the row already makes the same status changes under environment "
+          "flags alone, and no catalogue entry ties a status change to the capability or "
+          "thread behind it: widening adds only paths that exist under another capability "
+          "set, which the catalogue does not tell apart")
 _COLO = ("x-colo can be switched off during colo in QEMU (entry source_colo_needs_x_colo is "
          "refuted on purpose), so no entry can say COLO needs x-colo; entering colo only from "
          "active is still checked")

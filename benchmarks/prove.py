@@ -1,0 +1,62 @@
+"""Time the whole invariant catalogue for every profile (``livemig prove --all``).
+
+    python benchmarks/prove.py [--runs N]
+
+Each run proves or refutes every catalogue entry for every profile in a
+fresh process (so Z3's and the loader's caches start cold); the script
+prints each run, the median, and per-profile medians.  The goal is under
+10 s on the project's 2-core machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+ONE_RUN = """
+import json, time
+from livemig.core.prove.catalogue import prove_profile
+from livemig.spec import profile_names
+stats, out = [], {}
+t0 = time.perf_counter()
+ok = True
+for name in profile_names():
+    t = time.perf_counter()
+    rs = prove_profile(name, stats=stats)
+    out[name] = time.perf_counter() - t
+    ok = ok and all(r.ok for r in rs)
+out["total"] = time.perf_counter() - t0
+out["ok"] = ok
+print(json.dumps(out))
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=5)
+    args = ap.parse_args(argv)
+    runs = []
+    for i in range(args.runs):
+        t = time.perf_counter()
+        done = subprocess.run([sys.executable, "-c", ONE_RUN], capture_output=True, text=True,
+                              check=True)
+        wall = time.perf_counter() - t
+        data = json.loads(done.stdout.strip().splitlines()[-1])
+        data["wall"] = wall
+        runs.append(data)
+        profiles = ", ".join(f"{k} {v:.2f} s" for k, v in data.items()
+                             if k not in ("total", "ok", "wall"))
+        print(f"run {i + 1}: catalogue {data['total']:.2f} s ({profiles}); process "
+              f"{wall:.2f} s; all as expected: {data['ok']}")
+    med = statistics.median(r["total"] for r in runs)
+    wall = statistics.median(r["wall"] for r in runs)
+    print(f"median of {len(runs)}: catalogue {med:.2f} s, whole process {wall:.2f} s "
+          f"(goal < 10 s)")
+    return 0 if all(r["ok"] for r in runs) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
