@@ -72,15 +72,15 @@ class RunStats:
     per_side: dict[str, dict]
 
 
-def _fold(inv: Invariant, profile: str, findings: list, elapsed: dict) -> Result:
+def _fold(inv: Invariant, profile: str, findings: list) -> Result:
     exp = inv.expectation(profile)
     expected = exp.result if exp else "proved"
     reason = exp.reason if exp else "no expectation in the catalogue for this profile"
-    safety = [f for f in findings if f.obligation.polarity == "safety"]
-    witness = [f for f in findings if f.obligation.polarity == "witness"]
+    safety = [f for f in findings if f.polarity == "safety"]
+    witness = [f for f in findings if f.polarity == "witness"]
     found = [f for f in safety if f.status == "found"]
     impossible = [f for f in witness if f.status == "absent"]
-    seconds = max((elapsed.get(id(f), 0.0) for f in findings), default=0.0)
+    seconds = max((f.seconds for f in findings), default=0.0)
     details: list[str] = []
     cex = None
     if found or impossible:
@@ -88,18 +88,18 @@ def _fold(inv: Invariant, profile: str, findings: list, elapsed: dict) -> Result
         if found:
             first = min(found, key=lambda f: f.k)
             method, k, cex = "bmc", first.k, first.trace
-            details = [f"{f.obligation.label}: violated at depth {f.k}" for f in found]
+            details = [f"{f.label}: violated at depth {f.k}" for f in found]
         else:
             method, k = "k-induction", max(f.k for f in impossible)
-        details += [f"{f.obligation.label}: impossible (k-induction, k={f.k})"
+        details += [f"{f.label}: impossible (k-induction, k={f.k})"
                     for f in impossible]
         if inv.kind == "reachable" and found:
-            details = [f"{f.obligation.label}: declared unreachable but reached at depth {f.k}"
+            details = [f"{f.label}: declared unreachable but reached at depth {f.k}"
                        for f in found] + details[len(found):]
     elif any(f.status == "open" for f in findings):
         result, method = "unknown", "bmc+k-induction"
         k = max((f.k for f in findings), default=0)
-        details = [f"{f.obligation.label}: undecided" for f in findings if f.status == "open"]
+        details = [f"{f.label}: undecided" for f in findings if f.status == "open"]
     else:
         result = "proved"
         methods = sorted({f.method for f in findings})
@@ -109,6 +109,50 @@ def _fold(inv: Invariant, profile: str, findings: list, elapsed: dict) -> Result
             details = [f"{len(witness)} witnesses, deepest at depth "
                        f"{max(f.k for f in witness)}"]
     return Result(inv.name, profile, expected, result, method, k, seconds, reason, details, cex)
+
+
+@dataclass
+class Settled:
+    """A finding reduced to plain data (picklable across processes)."""
+
+    invariant: str
+    label: str
+    polarity: str
+    status: str
+    method: str
+    k: int
+    trace: Optional[dict]
+    seconds: float
+
+
+def run_side(profile: Profile | str, side: str, invariants: tuple[Invariant, ...] = INVARIANTS,
+             *, reference: Optional[Profile] = None, bmc_depth: int = BMC_DEPTH,
+             max_k: int = MAX_K, stop_early: bool = False) -> tuple[list[Settled], dict, bool]:
+    """Run the engine on one side's encoding: (settled obligations, stats, killed)."""
+    p = load_profile(profile) if isinstance(profile, str) else profile
+    enc = Encoding(p, reference=reference, history=histories(invariants), sides=(side,))
+    obs = [o for inv in invariants for o in obligations(enc, inv) if o.side == side]
+    eng = Engine(enc, obs, bmc_depth=bmc_depth, max_k=max_k)
+    if stop_early:
+        eng.kill_on = {inv.name for inv in invariants
+                       if inv.expectation(p.name) is None
+                       or inv.expectation(p.name).result == "proved"}
+    findings = eng.run(stop_early=stop_early)
+    settled = [Settled(f.obligation.invariant, f.obligation.label, f.obligation.polarity,
+                       f.status, f.method, f.k, f.trace, f.seconds) for f in findings]
+    stats = {"seconds": round(eng.stats.seconds, 3), "queries": eng.stats.queries,
+             "bmc_depth": eng.stats.bmc_depth, "lemmas": len(eng.stats.lemmas),
+             "phases": eng.stats.phases}
+    return settled, stats, eng.killed
+
+
+def _fold_all(p_name: str, invariants: tuple[Invariant, ...], settled: list[Settled],
+              complete: bool) -> list[Result]:
+    per_inv: dict[str, list] = {inv.name: [] for inv in invariants}
+    for f in settled:
+        per_inv[f.invariant].append(f)
+    return [_fold(inv, p_name, per_inv[inv.name]) for inv in invariants
+            if per_inv[inv.name] or complete]
 
 
 def prove_profile(profile: Profile | str, invariants: tuple[Invariant, ...] = INVARIANTS, *,
@@ -128,41 +172,51 @@ def prove_profile(profile: Profile | str, invariants: tuple[Invariant, ...] = IN
     """
     p = load_profile(profile) if isinstance(profile, str) else profile
     t0 = time.perf_counter()
-    per_inv: dict[str, list] = {inv.name: [] for inv in invariants}
-    elapsed: dict[int, float] = {}
+    settled: list[Settled] = []
     side_stats = {}
-    hist = histories(invariants)
     for side in sides:
-        enc = Encoding(p, reference=reference, history=hist, sides=(side,))
-        obs = []
-        for inv in invariants:
-            for o in obligations(enc, inv):
-                if o.side == side:
-                    obs.append(o)
-        eng = Engine(enc, obs, bmc_depth=bmc_depth, max_k=max_k)
-        if stop_early:
-            eng.kill_on = {inv.name for inv in invariants
-                           if inv.expectation(p.name) is None
-                           or inv.expectation(p.name).result == "proved"}
-        findings = eng.run(stop_early=stop_early)
-        for f in findings:
-            per_inv[f.obligation.invariant].append(f)
-            elapsed[id(f)] = f.seconds
-        side_stats[side] = {"seconds": round(eng.stats.seconds, 3),
-                            "queries": eng.stats.queries, "bmc_depth": eng.stats.bmc_depth,
-                            "lemmas": len(eng.stats.lemmas), "phases": eng.stats.phases}
-        if stop_early and eng.killed:
+        got, st, killed = run_side(p, side, invariants, reference=reference,
+                                   bmc_depth=bmc_depth, max_k=max_k, stop_early=stop_early)
+        settled += got
+        side_stats[side] = st
+        if stop_early and killed:
             break
     if stats is not None:
         stats.append(RunStats(p.name, time.perf_counter() - t0, side_stats))
-    return [_fold(inv, p.name, per_inv[inv.name], elapsed) for inv in invariants
-            if per_inv[inv.name] or sides == SIDES]
+    return _fold_all(p.name, invariants, settled, sides == SIDES)
 
 
-def prove_all(names: Optional[list[str]] = None, **kw) -> list[Result]:
-    """``prove_profile`` for each named profile (default: every profile)."""
+def _run_side_task(args: tuple) -> tuple:
+    name, side, bmc_depth, max_k = args
+    t = time.perf_counter()
+    settled, st, _ = run_side(name, side, bmc_depth=bmc_depth, max_k=max_k)
+    return name, side, settled, st, time.perf_counter() - t
+
+
+def prove_all(names: Optional[list[str]] = None, *, jobs: int = 1,
+              bmc_depth: int = BMC_DEPTH, max_k: int = MAX_K,
+              stats: Optional[list] = None) -> list[Result]:
+    """The whole catalogue for each named profile (default: every profile).
+
+    With ``jobs`` > 1 the (profile, side) runs are spread over that many
+    processes, heaviest first.
+    """
     from livemig.spec import profile_names
+    names = names or list(profile_names())
+    tasks = [(n, side, bmc_depth, max_k) for n in names for side in SIDES]
+    # the source side carries most of the work: start those first
+    tasks.sort(key=lambda t: (t[1] != "source", t[0]), reverse=False)
+    if jobs > 1 and len(tasks) > 1:
+        from concurrent.futures import ProcessPoolExecutor
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            done = list(pool.map(_run_side_task, tasks))
+    else:
+        done = [_run_side_task(t) for t in tasks]
     out: list[Result] = []
-    for name in names or list(profile_names()):
-        out += prove_profile(name, **kw)
+    for n in names:
+        mine = [d for d in done if d[0] == n]
+        settled = [f for d in mine for f in d[2]]
+        if stats is not None:
+            stats.append(RunStats(n, sum(d[4] for d in mine), {d[1]: d[3] for d in mine}))
+        out += _fold_all(n, INVARIANTS, settled, True)
     return out

@@ -16,7 +16,7 @@ import time
 from typing import Optional
 from xml.sax.saxutils import escape
 
-from livemig.core.prove.catalogue import BMC_DEPTH, MAX_K, Result, RunStats, prove_profile
+from livemig.core.prove.catalogue import BMC_DEPTH, MAX_K, Result, RunStats, prove_all
 from livemig.core.prove.counterexample import expectation_source, pytest_source, render
 from livemig.spec import load_profile, profile_names
 from livemig.spec.invariants import INVARIANTS
@@ -82,11 +82,9 @@ def run(args: argparse.Namespace) -> int:
     names = list(profile_names()) if args.all or not args.profile else [args.profile]
     for n in names:
         load_profile(n)  # unknown names fail here with SpecError
-    results: list[Result] = []
     stats: list[RunStats] = []
     t0 = time.perf_counter()
-    for n in names:
-        results += prove_profile(n, bmc_depth=args.depth, max_k=args.k, stats=stats)
+    results = prove_all(names, jobs=args.jobs, bmc_depth=args.depth, max_k=args.k, stats=stats)
     total = time.perf_counter() - t0
     ok = all(r.ok for r in results)
     mutant_report = None
@@ -147,7 +145,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="also generate spec mutants and show that the catalogue kills them")
     p.add_argument("--mutant-limit", type=int, default=None,
                    help="at most this many mutants per profile (default: all)")
-    p.add_argument("--jobs", type=int, default=2, help="processes for --mutants")
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                   help="processes (profile sides, and mutants) (default: 2)")
     p.add_argument("--write-tests", metavar="DIR",
                    help="write a replayable pytest file per counterexample")
     p.add_argument("--traces", choices=("refuted", "none", "all"), default="refuted",

@@ -8,6 +8,30 @@ An obligation is one formula at one position of a path:
 Its polarity says what finding it means: "safety" (the formula is a
 violation: found = refuted) or "witness" (the formula is a target that must
 be reachable: found = good, proved unreachable = the property fails).
+
+What each catalogue kind checks:
+
+* implies: ``when`` and not ``then`` in a state (``Cap`` reads the side's set);
+* entered_only_from / leads_only_to / never_overwrites: a step that changes
+  the side's status into / out of / from ``state`` with the other end outside
+  / outside / inside ``states``;
+* never_after: a history bit (set when ``state`` is entered, cleared by the
+  side's store row, i.e. a new migrate) together with a status in ``states``;
+* postcopy_monotone: a step that moves PostcopyState backwards in the
+  profile's POSTCOPY_STATES order;
+* terminal_stays: a step that changes a terminal status other than a store;
+* caps_satisfy_rules: a step after which some CAP_RULES entry of the
+  *reference* profile fails (``Cap`` = after, ``WasCap`` = before);
+* events_are_cas: a step that emits a MIGRATION event whose status is not the
+  side's new status reached by a successful CAS of the emitting row;
+* reachable: a witness per status (declared-unreachable ones are safety);
+* no_dead_rows: a witness per row (a successful CAS / store / emission);
+* no_trap: a state whose status is not terminal and that no row can leave
+  now or later: for every row out of the status, its guard is false for every
+  choice of inputs and command flags (commands may still set those), given
+  the state's capabilities, thread flags and PostcopyState; and no pending
+  CAS read the current status.  Thread flags (a thread asleep) are what makes
+  a state a trap, e.g. the source's migration thread in postcopy_pause.
 """
 from __future__ import annotations
 
