@@ -24,6 +24,21 @@ Every wait is an event (or process exit) with a bounded timeout.  Scenario
 names and what they do are in :data:`SCENARIOS`; :func:`run_scenario` runs
 one, :func:`record` runs many and writes ``tests/data/qemu72_scenarios.json``.
 
+What the processes must offer (QEMU does; ``livemig vm --qmp`` must):
+
+* QMP on ``Process.qmp_path``: ``migrate-set-capabilities``,
+  ``migrate-set-parameters``, ``migrate-incoming``, ``migrate`` (with
+  ``resume``), ``migrate_cancel``, ``migrate-continue``,
+  ``migrate-start-postcopy``, ``migrate-pause``, ``migrate-recover``,
+  ``query-status``, ``stop``; events ``MIGRATION``, ``MIGRATION_PASS`` and
+  the destination's ``RESUME`` once its VM runs after the postcopy switch;
+* the destination started with ``-incoming defer`` semantics
+  (``start_destination("defer")``) and run state ``inmigrate`` until then;
+* optional: a serial log with the guest's ``A``/``B`` (``serial_path``;
+  ``None`` skips the "guest is running" waits); guest memory for the memory
+  check through ``pmemsave``, or a launcher method
+  ``read_guest_ram(process, session, start, end) -> bytes``.
+
 Only the QMP command and capability names that a QEMU client must spell are
 written here; migration status names come from the profile's transition rows
 through :func:`status_of` (so a profile that renames a status breaks loudly).
@@ -329,7 +344,11 @@ class Run:
         if dst.serial_path:
             guest.wait_serial(Path(dst.serial_path), "B", self.timeout, dst.alive)
         self.dst.qmp.command("stop")
-        data = qemu_guest_ram(self.dst.qmp, workdir=self.launcher.workdir)
+        reader = getattr(self.launcher, "read_guest_ram", None)
+        if reader is not None:
+            data = reader(dst, self.dst.qmp, guest.START_ADDRESS, guest.END_ADDRESS)
+        else:
+            data = qemu_guest_ram(self.dst.qmp, workdir=self.launcher.workdir)
         check = check_guest_ram(data, base=guest.START_ADDRESS)
         self.result.memory_ok = check.ok
         if not check.ok:

@@ -230,3 +230,21 @@ def test_allowed_from_matches_the_rows():
             assert ids == {r.id for r in P72.rows(side) if state in P72.sources_of(r)}
     with pytest.raises(TraceInputError):
         SideChecker(P72, "sideways")
+
+
+def test_recorded_qemu_error_texts_are_spec_texts():
+    """Every error QEMU gave a misused command is one of that command's spec texts."""
+    import re
+
+    for name, rec in load_recording().items():
+        for err in rec["errors"]:
+            texts = [pc.error for pc in P72.command(err["command"]).preconditions]
+            assert any(re.fullmatch(re.escape(t).replace("%s", ".+"), err["desc"])
+                       for t in texts), (name, err["command"], err["desc"], texts)
+
+
+def test_monitor_unreachable_socket_exits_2(tmp_path, capsys):
+    rc = main(["monitor", "--qmp", f"unix:{tmp_path / 'nothing.sock'}", "--timeout", "0.5"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "not reachable" in err
