@@ -66,16 +66,18 @@ def test_recording_covers_every_scenario():
 class MonitoredLauncher(QemuLauncher):
     """QEMU launcher that attaches ``livemig monitor`` to each VM's second QMP socket."""
 
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, extra: dict[str, list[str]] | None = None) -> None:
         super().__init__(monitor_socket=True)
         self.tmp = tmp
+        self.extra = extra or {}
         self.monitors: dict[str, subprocess.Popen] = {}
 
     def _attach(self, p: Process, side: str) -> Process:
         out = self.tmp / f"{side}.out"
         argv = [sys.executable, "-m", "livemig", "monitor", "--qmp", f"unix:{p.monitor_qmp_path}",
                 "--side", side, "--ndjson", str(self.tmp / f"{side}.ndjson"),
-                "--overlay", str(self.tmp / f"{side}.svg"), "--timeout", "180"]
+                "--overlay", str(self.tmp / f"{side}.svg"), "--timeout", "180",
+                *self.extra.get(side, [])]
         mon = subprocess.Popen(argv, stdout=open(out, "w"), stderr=subprocess.STDOUT)
         self.monitors[side] = mon
         # Bounded wait until the monitor listens (it says where it starts).
@@ -100,21 +102,28 @@ class MonitoredLauncher(QemuLauncher):
         super().close()
 
 
-def test_monitor_checks_a_live_postcopy_recovery(tmp_path):
-    """``livemig monitor`` on both ends of a paused-and-recovered postcopy: all legal."""
-    launcher = MonitoredLauncher(tmp_path)
+def run_monitored(tmp_path: Path, scenario: str, extra: dict[str, list[str]] | None = None):
+    """Run a scenario with a monitor on each end; (result, exit codes, outputs)."""
+    launcher = MonitoredLauncher(tmp_path, extra)
     monitors = launcher.monitors
     # run_scenario closes the launcher (killing monitors still running), so
     # let the monitors finish first: they stop at the terminal status.
     closing = launcher.close
     launcher.close = lambda: None  # type: ignore[method-assign]
     try:
-        result = run_scenario("postcopy-pause-destination", launcher, P72)
+        result = run_scenario(scenario, launcher, P72)
         if result.skipped:
             pytest.skip(result.skipped)
         codes = {side: mon.wait(timeout=120) for side, mon in monitors.items()}
     finally:
         closing()
+    outs = {side: (tmp_path / f"{side}.out").read_text() for side in codes}
+    return result, codes, outs
+
+
+def test_monitor_checks_a_live_postcopy_recovery(tmp_path):
+    """``livemig monitor`` on both ends of a paused-and-recovered postcopy: all legal."""
+    result, codes, _ = run_monitored(tmp_path, "postcopy-pause-destination")
     for side in ("source", "destination"):
         out = (tmp_path / f"{side}.out").read_text()
         assert codes[side] == 0, out
@@ -131,3 +140,26 @@ def test_monitor_checks_a_live_postcopy_recovery(tmp_path):
         assert svg.lstrip().startswith("<?xml") or "<svg" in svg
     dst_lines = (tmp_path / "destination.ndjson").read_text().splitlines()
     assert sum('"dst.incoming.setup_event"' in x for x in dst_lines) == 2
+
+
+def test_monitor_reports_illegal_steps_and_stops_at_until(tmp_path):
+    """A wrong --from makes the first live step illegal; --until stops early."""
+    result, codes, outs = run_monitored(tmp_path, "precopy", {
+        "source": ["--from", "postcopy-active"],
+        "destination": ["--until", "active"],
+    })
+    src = outs["source"]
+    assert codes["source"] == 1, src
+    assert "ILLEGAL  postcopy-active -> setup" in src
+    assert "allowed from postcopy-active" in src
+    # it carries on from what QEMU says: the rest of the run is legal
+    assert "OK       setup -> active" in src and "ended by completed" in src
+    lines = [json.loads(x) for x in (tmp_path / "source.ndjson").read_text().splitlines()]
+    assert lines[0]["id"] is None and "illegal" in lines[0]
+    assert [x["new"] for x in lines] == result.source
+    assert "#d01010" in (tmp_path / "source.svg").read_text()  # the illegal step is drawn red
+    dst = outs["destination"]
+    assert codes["destination"] == 0, dst
+    assert "ended by active" in dst
+    assert [json.loads(x)["new"] for x in
+            (tmp_path / "destination.ndjson").read_text().splitlines()] == ["setup", "active"]
