@@ -75,6 +75,9 @@ class FlagDecl:
     doc: str
     set_by: Optional[str] = None
     cleared_by: tuple[str, ...] = ()
+    #: for "command" flags: the command sets the flag only when this holds
+    #: (an expression over its arguments, e.g. ``Arg("resume")``)
+    set_when: Expr = TRUE
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,8 @@ def steps(trace: dict, profile=None) -> list[TraceStep]:
             seen = before["pending"].get(f"{side}:{st['actor']}", (None, "?"))[1]
             notes.append(f"CAS({seen} -> {profile.transition(st['row']).new}) "
                          + ("ok" if old != new or seen == old else "fails"))
+        if st.get("args"):
+            notes.append("args: " + ", ".join(f"{a}=true" for a in st["args"]))
         env = _guard_flags(profile, st["row"], st["env"])
         if env:
             notes.append("env: " + ", ".join(env))

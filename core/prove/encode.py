@@ -61,9 +61,9 @@ Abstractions, on purpose:
     guards (PostcopyState for the destination's postcopy rows) and the free
     environment flags; the destination reads any well-ordered stream, so its
     behaviour over-approximates that of any source;
-  * a flag set by a command is set whatever the arguments (``migrate`` sets
-    ``resume_requested`` also without resume=true: it matters only in
-    postcopy-paused, where a resume is always allowed by the same checks);
+  * a command sets a flag whatever the arguments unless the flag declares
+    ``set_when`` (``resume_requested`` needs ``migrate``'s resume=true); the
+    arguments are free inputs, constrained only by the preconditions;
   * run states other than the side's own are false; parameters are reduced to
     the atoms the rules read.
 A proof in this model therefore holds for every behaviour the spec allows;
@@ -548,7 +548,12 @@ class Encoding:
                         else z3.BoolVal(True))
             if a.kind == "command":
                 for f in c.sets_flags:
-                    upd[("flag", f)] = z3.BoolVal(True)
+                    when = self.flag_decl[f].set_when
+                    if when == E.TRUE:
+                        upd[("flag", f)] = z3.BoolVal(True)
+                    else:  # only with the arguments the flag's set_when names
+                        upd[("flag", f)] = z3.Or(s[("flag", f)], self.guard(
+                            when, a.side, s, inp, status_override=override))
             elif a.kind == "caps":
                 new = self._caps_of(n, a.side)
                 free.append(z3.Not(self.rules_fail(a.side, s, inp, new, self._caps_of(s, a.side),

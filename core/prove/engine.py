@@ -401,9 +401,11 @@ def extract_trace(enc: Encoding, m: z3.ModelRef, tag: str, k: int) -> dict:
         inp = enc.step(tag, i)
         a = enc.action_by_const[str(ev(inp.act))]
         env = sorted(n for n, v in inp.env.items() if z3.is_true(ev(v)))
+        args = sorted(n for n, v in inp.args.items() if z3.is_true(ev(v)))
         steps.append({"action": a.name, "kind": a.kind, "side": a.side, "actor": a.actor,
                       "row": a.row.id if a.row is not None else None,
-                      "command": a.command, "handler": a.handler, "env": env})
+                      "command": a.command, "handler": a.handler, "env": env,
+                      "args": args if a.kind == "command" else []})
     host = sorted(h for h, v in enc.host.items() if not z3.is_true(ev(v)))
     return {"profile": enc.profile.name, "sides": list(enc.sides), "states": states,
             "steps": steps,

@@ -86,7 +86,7 @@ FLAGS = (
     FlagDecl("continue_posted", "command", "migrate-continue posted pause_sem",
              set_by="migrate-continue"),
     FlagDecl("resume_requested", "command", "migrate resume=true was issued",
-             set_by="migrate"),
+             set_by="migrate", set_when=Arg("resume")),
     FlagDecl("recover_listening", "command", "migrate-recover is listening",
              set_by="migrate-recover"),
     FlagDecl("incoming_started", "command", "migrate-incoming already ran (the 'once' flag)",
