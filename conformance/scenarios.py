@@ -37,7 +37,8 @@ What the processes must offer (QEMU does; ``livemig vm --qmp`` must):
 * optional: a serial log with the guest's ``A``/``B`` (``serial_path``;
   ``None`` skips the "guest is running" waits); guest memory for the memory
   check through ``pmemsave``, or a launcher method
-  ``read_guest_ram(process, session, start, end) -> bytes``.
+  ``check_guest_memory(process, session) -> (ok, messages)`` that runs the
+  check its own way (the VM is stopped when it is called).
 
 Only the QMP command and capability names that a QEMU client must spell are
 written here; migration status names come from the profile's transition rows
@@ -184,6 +185,60 @@ class QemuLauncher:
             self._tmp = None
 
 
+class LivemigLauncher:
+    """Starts ``livemig vm --qmp`` processes (the engine) instead of QEMU.
+
+    The engine's own guest dirties memory (``--workload``); it has no serial
+    port, so the "guest is running" waits are skipped.  Each process also
+    writes its NDJSON transition log (``Process.log_path`` + ``.ndjson``).
+    """
+
+    def __init__(self, workdir: Optional[str] = None, ram: str = guest.RAM,
+                 extra: tuple[str, ...] = (), python: Optional[str] = None) -> None:
+        import sys
+
+        self.python = python or sys.executable
+        self._tmp = None
+        if workdir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="livemig-scn-")
+            workdir = self._tmp.name
+        self.workdir = workdir
+        self.ram = ram
+        self.extra = extra
+        self.processes: list[Process] = []
+
+    def _start(self, name: str, extra: list[str]) -> Process:
+        qmp = os.path.join(self.workdir, f"{name}-qmp.sock")
+        log = os.path.join(self.workdir, f"{name}.log")
+        argv = [self.python, "-m", "livemig", "vm", "--qmp", f"unix:{qmp}", "--ram", self.ram,
+                "--log", log + ".ndjson", *self.extra, *extra]
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        p = Process(name, qmp, proc, None, log)
+        self.processes.append(p)
+        return p
+
+    def start_source(self) -> Process:
+        return self._start(f"src{len(self.processes)}", [])
+
+    def start_destination(self, incoming_uri: str) -> Process:
+        return self._start(f"dst{len(self.processes)}", ["--incoming", incoming_uri])
+
+    def check_guest_memory(self, process: Process, session: QMPSession) -> tuple[bool, list[str]]:
+        """The engine runs QEMU's memory check itself (``x-livemig-check-memory``)."""
+        r = session.command("x-livemig-check-memory")
+        return bool(r["ok"]), list(r.get("messages", []))
+
+    def close(self) -> None:
+        for p in self.processes:
+            p.kill()
+        self.processes.clear()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
 # ---------------------------------------------------------------- results
 @dataclass
 class Misuse:
@@ -258,7 +313,8 @@ class Run:
         return f"unix:{os.path.join(self.launcher.workdir, f'mig{self._uris}.sock')}"
 
     def _open(self, role: str, process: Process) -> End:
-        session = QMPSession(process.qmp_path, process.name, alive=process.alive)
+        session = QMPSession(process.qmp_path, process.name, connect_timeout=self.timeout,
+                             alive=process.alive)
         end = End(process, session)
         self.ends[role] = end
         return end
@@ -344,15 +400,16 @@ class Run:
         if dst.serial_path:
             guest.wait_serial(Path(dst.serial_path), "B", self.timeout, dst.alive)
         self.dst.qmp.command("stop")
-        reader = getattr(self.launcher, "read_guest_ram", None)
-        if reader is not None:
-            data = reader(dst, self.dst.qmp, guest.START_ADDRESS, guest.END_ADDRESS)
+        hook = getattr(self.launcher, "check_guest_memory", None)
+        if hook is not None:
+            ok, messages = hook(dst, self.dst.qmp)
         else:
             data = qemu_guest_ram(self.dst.qmp, workdir=self.launcher.workdir)
-        check = check_guest_ram(data, base=guest.START_ADDRESS)
-        self.result.memory_ok = check.ok
-        if not check.ok:
-            self.result.notes.extend(check.messages)
+            check = check_guest_ram(data, base=guest.START_ADDRESS)
+            ok, messages = check.ok, check.messages
+        self.result.memory_ok = ok
+        if not ok:
+            self.result.notes.extend(messages)
 
     def finish(self) -> None:
         """Collect every event still queued, close the sessions."""
