@@ -130,7 +130,7 @@ def _param_value(profile: Any, name: str, text: str) -> Any:
 def cmd_incoming(args: argparse.Namespace) -> int:
     from rich.console import Console
     from livemig.engine.vm import VM
-    console = Console(stderr=not args.json)
+    console = Console(stderr=args.json)
     vm = VM(incoming="defer", log=_open_log(args.log), **_vm_kwargs(args))
     failed = threading.Event()
     vm.on_fatal = lambda msg: failed.set()

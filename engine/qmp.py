@@ -78,16 +78,35 @@ class QMPServer:
                             "capabilities": ["oob"]}}
         writer.write((json.dumps(greeting) + "\r\n").encode())
         negotiated = False
+        decoder = json.JSONDecoder()
+        pending = ""
+        messages: list = []
         try:
             while True:
-                line = await reader.readline()
-                if not line:
-                    break
-                try:
-                    msg = json.loads(line)
-                except ValueError:
-                    writer.write(self._error(None, "GenericError", "JSON parse error"))
-                    continue
+                # QMP is a stream of JSON objects; clients need not end them with a newline.
+                while not messages:
+                    chunk = await reader.read(65536)
+                    if not chunk:
+                        return
+                    pending += chunk.decode(errors="replace")
+                    while True:
+                        stripped = pending.lstrip()
+                        if not stripped:
+                            pending = ""
+                            break
+                        try:
+                            obj, end = decoder.raw_decode(stripped)
+                        except ValueError:
+                            if len(stripped) > (1 << 20):
+                                writer.write(self._error(None, "GenericError",
+                                                         "JSON parse error"))
+                                pending = ""
+                            else:
+                                pending = stripped
+                            break
+                        messages.append(obj)
+                        pending = stripped[end:]
+                msg = messages.pop(0)
                 if not isinstance(msg, dict):
                     writer.write(self._error(None, "GenericError",
                                              "QMP input must be a JSON object"))

@@ -548,6 +548,8 @@ class StreamDecoder:
         payload, pos = self._bytes(pos, length)
         if short == "PING" and not self.return_path:
             raise self._fail("ping_no_return_path", _B32.unpack(payload)[0])
+        if short == "OPEN_RETURN_PATH":
+            self.return_path = True  # a PING may follow in the same buffer
         self._start = pos
         events.append(CommandReceived(short, payload))
 
