@@ -314,7 +314,26 @@ PARAMETERS = (
     Parameter("multifd-zstd-level", "uint8", 1, applied_by_set=False,
               doc="7.2 bug: migrate-set-parameters accepts and ignores it"),
     Parameter("block-bitmap-mapping", "BitmapMigrationNodeAliasList", None,
-              doc="absent from query-migrate-parameters until set"),
+              doc="absent from query-migrate-parameters until set (then echoed as given, "
+                  "an empty transform {} included; [] stays present). "
+                  "Checked by check_dirty_bitmap_mig_alias_map, not yet a PARAM_RULE (the "
+                  "schema has no list rules); observed on 7.2, every text prefixed "
+                  "'Invalid mapping given for block-bitmap-mapping: ', first failure wins, "
+                  "nodes in list order, and per node in this order: "
+                  "(1) alias not well-formed: empty, or not an ASCII letter first, or a "
+                  "character other than ASCII letters, digits, '-', '.', '_' -> "
+                  "\"The node alias '%s' is not well-formed\" (checked before length); "
+                  "(2) alias over 255 bytes -> \"The node alias '%s' is longer than 255 "
+                  "bytes\"; (3) node-name seen in an earlier node -> \"The node name '%s' "
+                  "is mapped twice\"; (4) alias seen in an earlier node -> \"The node "
+                  "alias '%s' is used twice\"; then per bitmap in list order: (5) bitmap "
+                  "alias over 255 bytes -> \"The bitmap alias '%s' is longer than 255 "
+                  "bytes\" (bitmap aliases are not checked for form: '', 'a b', '1' pass); "
+                  "(6) bitmap name seen earlier in this node -> \"The bitmap '%s'/'%s' is "
+                  "mapped twice\" (node-name, name); (7) bitmap alias seen earlier in this "
+                  "node -> \"The bitmap alias '%s'/'%s' is used twice\" (node alias, "
+                  "alias). Node names and bitmap names are not checked (empty passes); the "
+                  "same bitmap name or alias under two nodes passes."),
 )
 
 PARAM_RULES = (
@@ -391,6 +410,15 @@ COMMANDS = (
                      All(Not(Arg("resume")), AnyOf(Arg("blk"), Arg("inc")),
                          AnyOf(Cap("block"), Param("block-incremental", "eq", True))),
                      "Command options are incompatible with current migration capabilities"),
+        Precondition("migrate.yank_busy",
+                     All(Not(Arg("resume")), InState("in_postcopy", "destination")),
+                     "duplicate yank instance",
+                     doc="observed on 7.2: `migrate` in a process whose incoming postcopy "
+                         "still runs (postcopy-paused there; the run state has left "
+                         "inmigrate, so the inmigrate check passes).  The migration yank instance is still registered by "
+                         "the incoming side.  QEMU has already run migrate_init, so that "
+                         "process's outgoing status is left in setup with no thread behind "
+                         "it (query-migrate then shows setup)"),
     ), sets_flags=("resume_requested",),
         doc="a URI with no known protocol then fails with \"Parameter 'uri' expects a valid "
             "migration protocol\" and the row src.qmp_migrate.bad_uri (setup -> failed)"),
