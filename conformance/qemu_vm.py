@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping, Optional, Sequence, Union
 
-from qemu.qmp import ExecuteError, QMPClient
+from qemu.qmp import ExecInterruptedError, ExecuteError, QMPClient, StateError
 from qemu.qmp.events import EventListener
 
 Role = Literal["source", "destination"]
@@ -253,7 +253,9 @@ class QemuVM:
 
         ``args`` is sent as the raw JSON ``arguments`` object (``None``: no
         ``arguments`` member at all).  Returns ``("ok", result)`` or
-        ``("error", error_class, desc)``.
+        ``("error", error_class, desc)``.  Raises :class:`QemuVMError` when
+        QEMU does not answer (connection lost, or no reply within
+        ``command_timeout``).
         """
         if self._qmp is None:
             raise QemuVMError("VM not connected")
@@ -262,6 +264,13 @@ class QemuVM:
         except ExecuteError as exc:
             err = exc.received["error"]  # the raw reply: exact class and text
             return ("error", err["class"], err["desc"])
+        except (ExecInterruptedError, StateError, ConnectionError) as exc:
+            status = self.proc.poll() if self.proc is not None else None
+            raise QemuVMError(f"{cmd}: QMP connection lost ({exc!r}); QEMU exit status "
+                              f"{status}; log: {self.log_tail()}") from exc
+        except asyncio.TimeoutError as exc:
+            raise QemuVMError(f"{cmd}: no reply within {self.command_timeout}s (QEMU's "
+                              f"monitor is blocked?)") from exc
         return ("ok", result)
 
     def command(self, cmd: str, args: Optional[Mapping[str, Any]] = None) -> Any:

@@ -165,3 +165,30 @@ def test_command_preconditions_agree_with_qemu():
     compared = sum(1 for o in outcomes if o is None)
     assert compared >= 150, f"only {compared} command records were comparable"
     assert not mismatches, report(mismatches, SHOW)
+
+
+def test_comparison_notices_a_changed_answer():
+    """The replay is not vacuous: altering QEMU's recorded answer must be caught."""
+    meta, records, profile = _load("caps")
+    refused = next(r for r in records if not r["ok"] and r["request"].get("capabilities"))
+    assert compare_caps(profile, refused) is None
+    assert isinstance(compare_caps(profile, {**refused, "error": refused["error"] + "!"}),
+                      Mismatch)
+    assert isinstance(compare_caps(profile, {**refused, "ok": True, "error": None}), Mismatch)
+
+    meta, records, profile = _load("params")
+    changed = next(r for r in records if r["ok"] and r["query_diff"]
+                   and isinstance(r["request"], dict))
+    defaults = meta["param_defaults"][changed["side"]]
+    assert compare_params(profile, changed, defaults) is None
+    wrong = {k: (v + 1 if isinstance(v, int) and not isinstance(v, bool) else "x")
+             for k, v in changed["query_diff"].items()}
+    assert isinstance(compare_params(profile, {**changed, "query_diff": wrong}, defaults),
+                      Mismatch)
+
+    meta, records, profile = _load("commands")
+    refused = next(r for r in records if not r["ok"] and r["cmd"] == "migrate-continue"
+                   and "expected state" in r["error"])
+    assert compare_command(profile, refused) is None
+    assert isinstance(compare_command(profile, {**refused, "ok": True, "error": None}),
+                      Mismatch)
