@@ -33,6 +33,7 @@ TCG) and only unix sockets are used.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import signal
@@ -167,12 +168,16 @@ class QemuVM:
                                   f"was reachable: {self.log_tail()}")
             if os.path.exists(self.qmp_path):
                 client = QMPClient(self.name)
+                # The socket can exist a moment before QEMU listens on it; qemu.qmp
+                # logs each refused attempt at ERROR level.  Quiet while polling.
+                client.logger.setLevel(logging.CRITICAL)
                 try:
                     self._run(client.connect(self.qmp_path), timeout=max(
                         0.1, deadline - time.monotonic()))
                 except (OSError, asyncio.TimeoutError, Exception) as exc:  # noqa: BLE001
                     last_error = exc
                 else:
+                    client.logger.setLevel(logging.NOTSET)
                     self._qmp = client
                     self._listener = EventListener()
                     client.register_listener(self._listener)
