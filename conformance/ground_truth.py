@@ -931,6 +931,14 @@ class CommandRecorder:
             self.call(sc, dst, "destination", "migrate-recover", {"uri": "unix:/x"}, peer=src)
             self.call(sc, dst, "destination", "migrate-incoming", {"uri": "unix:/x"},
                       {"incoming_started": True}, peer=src)
+            # 7.2 checks only the source object's status: a destination whose
+            # incoming migration is active may still change capabilities.
+            for cap in p.capability_names()[:4]:
+                self.call(sc, dst, "destination", "migrate-set-capabilities",
+                          {"capabilities": [{"capability": cap, "state": False}]},
+                          {"incoming_started": True}, peer=src)
+            self.call(sc, dst, "destination", "migrate-set-parameters", {"downtime-limit": 299},
+                      {"incoming_started": True}, peer=src)
             if paused == pause_state:
                 self.call(sc, src, "source", "migrate-continue", {"state": paused}, peer=dst)
             done = src.wait_for(lambda v: v.migration_status(), lambda s: s in p.terminal,
