@@ -1125,11 +1125,36 @@ class CommandRecorder:
             self.call("destination " + paused, dst, "destination", "migrate",
                       {"uri": f"unix:{sock}-3"}, started, peer=src)
 
+    def postcopy_destination_migrate(self) -> None:
+        """``migrate`` in a destination process while its incoming postcopy is active."""
+        p = self.profile
+        pc_caps = sorted(E.names(p.transition("dst.pause").guard, E.Cap))
+        pc_active = p.transition("src.postcopy_start.switch").new
+        caps = [{"capability": c, "state": True} for c in pc_caps]
+        blob = self.ram_blob_args()
+        with self.vm("source", blob) as src, self.vm("destination", blob + ["-S"]) as dst:
+            sock = os.path.join(self.workdir, f"pm{self._n}")
+            incoming_runstate = dst.status()
+            dst.command("migrate-incoming", {"uri": f"unix:{sock}-1"})
+            src.command("migrate-set-capabilities", {"capabilities": caps})
+            dst.command("migrate-set-capabilities", {"capabilities": caps})
+            src.command("migrate-set-parameters", {"max-postcopy-bandwidth": 4096,
+                                                   "max-bandwidth": 1 << 20})
+            src.command("migrate", {"uri": f"unix:{sock}-1"})
+            src.command("migrate-start-postcopy")
+            dst.wait_for(lambda v: v.migration_status(), lambda s: s == pc_active
+                         or s in p.terminal, timeout=120, what="the destination in postcopy")
+            dst.wait_for(lambda v: v.status(), lambda r: r != incoming_runstate, timeout=60,
+                         what="the destination to process postcopy's RUN")
+            self.call(f"destination {pc_active}", dst, "destination", "migrate",
+                      {"uri": f"unix:{sock}-2"}, {"incoming_started": True}, peer=src)
+
     def run_all(self, log: Callable[[str], None] = print) -> list[dict]:
         """Every scenario; one that breaks (e.g. a QEMU stops answering) is
         reported and the others still run.  Its records so far are kept."""
         for scenario in (self.idle_source, self.idle_destination, self.running_migration,
-                         self.postcopy_pause_recover, self.postcopy_paused_dead_ends):
+                         self.postcopy_pause_recover, self.postcopy_paused_dead_ends,
+                         self.postcopy_destination_migrate):
             try:
                 scenario()
             except Exception as exc:  # noqa: BLE001 - reported, and the run goes on
