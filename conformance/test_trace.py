@@ -128,6 +128,14 @@ def test_from_state_accepts_partial_logs(tmp_path, capsys):
     assert rc == 1
 
 
+def test_recording_covers_every_scenario():
+    from livemig.conformance.scenarios import SCENARIOS
+
+    recorded = load_recording()
+    assert set(recorded) == set(SCENARIOS)
+    assert not any(r.get("skipped") for r in recorded.values())
+
+
 def test_every_recorded_qemu_sequence_is_legal():
     for name, rec in load_recording().items():
         for side in ("source", "destination"):
