@@ -29,10 +29,13 @@ from livemig.conformance.trace import (
 )
 from livemig.diagrams.trace import Step
 from livemig.spec import Profile
+from livemig.spec.invariants import MODEL
 
-#: The capability that turns MIGRATION events on, and the run state of a waiting destination.
-EVENTS_CAPABILITY = "events"
-INMIGRATE_RUNSTATE = "inmigrate"
+#: The capability that turns MIGRATION events on, the command that sets it,
+#: and the run state of a waiting destination (from the spec's prover model).
+EVENTS_CAPABILITY = MODEL.events_capability
+CAPS_COMMAND = MODEL.caps_command
+INMIGRATE_RUNSTATE = MODEL.runstates_of("destination")[0]
 
 
 def socket_path(address: str) -> str:
@@ -71,12 +74,12 @@ def ensure_events(session: QMPSession, out: IO[str]) -> None:
     if any(c["capability"] == EVENTS_CAPABILITY and c["state"] for c in caps):
         print(f"monitor: the {EVENTS_CAPABILITY} capability is already on", file=out)
         return
-    reply = session.execute("migrate-set-capabilities", {"capabilities": [
+    reply = session.execute(CAPS_COMMAND, {"capabilities": [
         {"capability": EVENTS_CAPABILITY, "state": True}]})
     if reply[0] == "error":
         raise QMPSessionError(f"cannot turn the {EVENTS_CAPABILITY} capability on: {reply[2]}")
     print(f"monitor: turned the {EVENTS_CAPABILITY} capability on "
-          f"(migrate-set-capabilities)", file=out)
+          f"({CAPS_COMMAND})", file=out)
 
 
 def monitor(profile: Profile, address: str, side: Optional[str] = None,

@@ -61,6 +61,7 @@ from livemig.conformance import guest
 from livemig.conformance.memcheck import check_guest_ram, qemu_guest_ram
 from livemig.conformance.qmpsession import QMPSession, QMPSessionError
 from livemig.spec import DEFAULT_PROFILE, Profile, load_profile
+from livemig.spec.invariants import MODEL
 
 RECORDING = Path(__file__).resolve().parent.parent / "tests" / "data" / "qemu72_scenarios.json"
 
@@ -321,13 +322,12 @@ class Run:
 
     def start(self, destination: bool = True, wait_guest: bool = True) -> None:
         """Start the source (and destination), events capability on both."""
-        src = self._open("source", self.launcher.start_source())
-        src.qmp.command("migrate-set-capabilities",
-                        {"capabilities": [{"capability": "events", "state": True}]})
+        self._open("source", self.launcher.start_source())
+        self.set_caps("source", {MODEL.events_capability: True})
         if destination:
-            dst = self._open("destination", self.launcher.start_destination("defer"))
-            dst.qmp.command("migrate-set-capabilities",
-                            {"capabilities": [{"capability": "events", "state": True}]})
+            self._open("destination", self.launcher.start_destination("defer"))
+            self.set_caps("destination", {MODEL.events_capability: True})
+        src = self.src
         if wait_guest and src.process.serial_path:
             guest.wait_serial(Path(src.process.serial_path), "B", self.timeout,
                               src.process.alive)
@@ -340,18 +340,29 @@ class Run:
     def dst(self) -> End:
         return self.ends["destination"]
 
+    def caps_args(self, caps: dict[str, bool]) -> dict:
+        """The capabilities command's arguments; names must be the profile's."""
+        unknown = set(caps) - set(self.profile.capability_names())
+        if unknown:
+            raise ValueError(f"not capabilities of {self.profile.name}: {sorted(unknown)}")
+        return {"capabilities": [{"capability": k, "state": v} for k, v in caps.items()]}
+
+    def set_caps(self, side: str, caps: dict[str, bool]) -> None:
+        self.ends[side].qmp.command(MODEL.caps_command, self.caps_args(caps))
+
     def caps(self, side: str, **caps: bool) -> None:
         """Set capabilities (``postcopy_ram=True`` → ``postcopy-ram``) on one side."""
-        self.ends[side].qmp.command("migrate-set-capabilities", {"capabilities": [
-            {"capability": k.replace("_", "-"), "state": v} for k, v in caps.items()]})
+        self.set_caps(side, {k.replace("_", "-"): v for k, v in caps.items()})
 
     def params(self, side: str, values: dict[str, Any]) -> None:
-        self.ends[side].qmp.command("migrate-set-parameters", values)
+        unknown = set(values) - {p.name for p in self.profile.parameters}
+        if unknown:
+            raise ValueError(f"not parameters of {self.profile.name}: {sorted(unknown)}")
+        self.ends[side].qmp.command(MODEL.params_command, values)
 
     def need_postcopy(self) -> None:
         """Turn postcopy-ram on at both ends, or skip when the host has no userfaultfd."""
-        reply = self.dst.qmp.execute("migrate-set-capabilities", {"capabilities": [
-            {"capability": "postcopy-ram", "state": True}]})
+        reply = self.dst.qmp.execute(MODEL.caps_command, self.caps_args({"postcopy-ram": True}))
         if reply[0] == "error":
             raise ScenarioSkipped(f"destination refuses postcopy-ram ({reply[2]}): "
                                   f"no usable userfaultfd on this host")
