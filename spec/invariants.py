@@ -244,6 +244,19 @@ INVARIANTS = (
         "every source MIGRATION event is a successful CAS of a row to the event's status",
         side="source", expected=_both()),
     Invariant(
+        "source_events_change_state", "events_change_state",
+        "every source MIGRATION event reports a new status (no repeated event)",
+        side="source",
+        expected=(
+            Expectation(P30, "proved", "3.0's cancel loop stops outside setup_or_active, "
+                        "which has no cancelling"),
+            Expectation(P72, "refuted", "code reading: 7.2 migrate_fd_cancel reads "
+                        "cancelling (migration_is_running includes it) and CASes cancelling "
+                        "-> cancelling, which succeeds, and migrate_set_state emits on every "
+                        "successful CAS (facts §1.2, §2): a second migrate_cancel repeats "
+                        "MIGRATION{cancelling}"),
+        )),
+    Invariant(
         "destination_events_are_cas", "events_are_cas",
         "every destination MIGRATION event is a successful CAS of a row to the event's status",
         side="destination",

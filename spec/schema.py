@@ -421,6 +421,7 @@ InvariantKind = Literal[
     "terminal_stays",     # a terminal status changes only by migrate_init's store
     "caps_satisfy_rules",  # every capability set in force passes the profile's CAP_RULES
     "events_are_cas",     # every MIGRATION event on `side` is a successful CAS of a row
+    "events_change_state",  # every MIGRATION event on `side` comes with a status change
     "reachable",          # every status is reachable on its side unless declared unreachable
     "no_dead_rows",       # every row fires (succeeds) in some reachable state
     "no_trap",            # no reachable non-terminal status that nothing can ever leave

@@ -24,6 +24,8 @@ What each catalogue kind checks:
   *reference* profile fails (``Cap`` = after, ``WasCap`` = before);
 * events_are_cas: a step that emits a MIGRATION event whose status is not the
   side's new status reached by a successful CAS of the emitting row;
+* events_change_state: a step that emits a MIGRATION event while the side's
+  status stays what it was (a CAS from X to X, or an event-only row);
 * reachable: a witness per status (declared-unreachable ones are safety);
 * no_dead_rows: a witness per row (a successful CAS / store / emission);
 * no_trap: a state whose status is not terminal and that no row can leave
@@ -142,6 +144,16 @@ def obligations(enc: Encoding, inv: Invariant) -> list[Obligation]:
                                 n[("st", side)] == enc.status[row.new] if row.new else
                                 z3.BoolVal(False))
                     bad.append(z3.And(cond, z3.Not(ok)))
+                return z3.Or(bad) if bad else z3.BoolVal(False)
+            out.append(ob(side, "trans", "safety", f))
+        return out
+    if k == "events_change_state":
+        out = []
+        for side in _sides(inv):
+            def f(s, i, n, side=side):
+                _, emissions = enc.last_emissions(s, i, n)
+                bad = [z3.And(cond, enc.same(s[("st", side)], n[("st", side)]))
+                       for esd, cond, _status, _a in emissions if esd == side]
                 return z3.Or(bad) if bad else z3.BoolVal(False)
             out.append(ob(side, "trans", "safety", f))
         return out
