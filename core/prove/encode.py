@@ -381,10 +381,9 @@ class Encoding:
         if isinstance(ex, E.AnyOf):
             return z3.Or([g(a) for a in ex.args]) if ex.args else z3.BoolVal(False)
         if isinstance(ex, E.Cap):
-            return (caps or {}).get(ex.name, s[("cap", side, ex.name)]) if caps else \
-                s[("cap", side, ex.name)]
+            return caps[ex.name] if caps else s[("cap", side, ex.name)]
         if isinstance(ex, E.WasCap):
-            return (was[ex.name] if was else s[("cap", side, ex.name)])
+            return was[ex.name] if was else s[("cap", side, ex.name)]
         if isinstance(ex, E.Flag):
             if free is not None and ex.name in free:
                 return free[ex.name]

@@ -51,16 +51,8 @@ class EngineStats:
 
 
 def _solver() -> z3.Solver:
-    import os
-    mode = os.environ.get("LIVEMIG_Z3", "")
-    if mode == "sat":
-        return z3.SolverFor("QF_FD")
-    s = z3.Solver()
-    if mode == "norel":
-        s.set("relevancy", 0)
-    if mode == "sat2":
-        s.set("solver2_timeout", 0)
-    return s
+    """Z3's default incremental solver (enumeration sorts, Booleans, small bit-vectors)."""
+    return z3.Solver()
 
 
 class Engine:
