@@ -47,10 +47,11 @@ import os
 import platform
 import random
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 from livemig.conformance.qemu_vm import QemuVM, Reply, qemu_binary, qemu_version
 from livemig.spec import load_profile
@@ -1201,8 +1202,6 @@ def generate(out_dir: str, seed: int = 72, n_random_caps: int = 350,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}
-    import tempfile
-
     with tempfile.TemporaryDirectory(prefix="livemig-gt-") as work:
         sessions = {s: SideSession(s, workdir=work, binary=binary).start() for s in SIDES}
         try:
