@@ -11,7 +11,7 @@ from livemig.core.prove import prove_all, prove_profile, render
 from livemig.core.prove.cli import result_table, write_tests
 from livemig.core.prove.mutants import check_mutant, mutants
 from livemig.spec import load_profile, profile_names
-from livemig.spec.expr import Cap, InState, Not
+from livemig.spec.expr import Cap, Not
 from livemig.spec.invariants import INVARIANTS
 from livemig.spec.schema import Expectation, Invariant, Transition
 

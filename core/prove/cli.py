@@ -13,7 +13,6 @@ import json
 import os
 import sys
 import time
-from typing import Optional
 from xml.sax.saxutils import escape
 
 from livemig.core.prove.catalogue import BMC_DEPTH, MAX_K, Result, RunStats, prove_all

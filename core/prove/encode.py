@@ -74,13 +74,13 @@ from __future__ import annotations
 import itertools
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional
+from typing import Iterable, Optional
 
 import z3
 
 from livemig.spec import expr as E
 from livemig.spec.invariants import MODEL
-from livemig.spec.schema import CURRENT, SIDES, Profile, ProverModel, Transition
+from livemig.spec.schema import SIDES, Profile, ProverModel, Transition
 
 _serial = itertools.count()
 

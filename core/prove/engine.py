@@ -24,7 +24,7 @@ from typing import Optional
 
 import z3
 
-from livemig.core.prove.encode import Encoding, State, Step
+from livemig.core.prove.encode import Encoding, State
 from livemig.core.prove.obligations import Obligation
 
 
