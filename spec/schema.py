@@ -474,12 +474,14 @@ class ProverModel:
     capability set / parameters (both sides run them).  ``events_capability``:
     the capability that gates MIGRATION events.  ``runstates``: per side, the
     VM run states the side may be in (free input each step).
+    ``command_actor``: the actor whose pending CAS blocks QMP commands.
     """
 
     caps_command: str
     params_command: str
     events_capability: str
     runstates: tuple[tuple[Side, tuple[str, ...]], ...]
+    command_actor: str = "monitor"  # the actor (ACTORS) that runs QMP commands
 
     def runstates_of(self, side: str) -> tuple[str, ...]:
         for s, names in self.runstates:

@@ -254,13 +254,15 @@ class Encoding:
         for c in p.commands:
             if c.name == self.model.caps_command:
                 for side in self.sides:
-                    acts.append(Action(f"{side}:{c.name}", "caps", side, "monitor", command=c.name))
+                    acts.append(Action(f"{side}:{c.name}", "caps", side,
+                                       self.model.command_actor, command=c.name))
             elif c.name == self.model.params_command:
                 for side in self.sides:
-                    acts.append(Action(f"{side}:{c.name}", "params", side, "monitor",
+                    acts.append(Action(f"{side}:{c.name}", "params", side, self.model.command_actor,
                                        command=c.name))
             elif c.sets_flags and self.command_side[c.name] in self.sides:
-                acts.append(Action(c.name, "command", self.command_side[c.name], "monitor",
+                acts.append(Action(c.name, "command", self.command_side[c.name],
+                                   self.model.command_actor,
                                    command=c.name))
         # A step that changes nothing keeps the relation total (BMC paths of a
         # fixed length then contain every shorter path).
@@ -543,8 +545,8 @@ class Encoding:
             fails = [self.guard(pre.when, a.side, s, inp, status_override=override,
                                 state_side=pre.state_side)
                      for pre in c.preconditions]
-            en = z3.And(self._idle(s, a.side, "monitor"), z3.Not(z3.Or(fails)) if fails
-                        else z3.BoolVal(True))
+            en = z3.And(self._idle(s, a.side, self.model.command_actor),
+                        z3.Not(z3.Or(fails)) if fails else z3.BoolVal(True))
             if a.kind == "command":
                 for f in c.sets_flags:
                     when = self.flag_decl[f].set_when
