@@ -141,26 +141,15 @@ def compare_params(profile: Profile, rec: dict, defaults: Mapping[str, Any],
 def known_gap(profile: Profile, m: Mismatch) -> Optional[str]:
     """The documented checker gap a mismatch belongs to, or None for a real one.
 
-    * ``"unexpected-member-order"``: both sides report an unknown member, but
-      not the same one (QEMU's order is its hash-table order, see
-      :mod:`livemig.conformance.qapi_order`; livemig uses request order).
     * ``"block-bitmap-mapping-rules"``: QEMU refused a request that sets
       ``block-bitmap-mapping`` and livemig accepted it (the alias-map rules
       are documented on the spec's parameter row but not checked yet).
     """
-    unexpected = _template_regex(profile.qapi_error("unexpected"))
-    if (m.what == "error" and isinstance(m.qemu, str) and isinstance(m.livemig, str)
-            and unexpected.match(m.qemu) and unexpected.match(m.livemig)):
-        return "unexpected-member-order"
     request = m.record.get("request")
     if (m.what == "ok" and m.livemig is True and isinstance(request, dict)
             and isinstance(request.get("block-bitmap-mapping"), list)):
         return "block-bitmap-mapping-rules"
     return None
-
-
-def _template_regex(text: str) -> re.Pattern:
-    return re.compile("^" + ".*".join(re.escape(p) for p in text.split("%s")) + "$")
 
 
 def _qapi_patterns(profile: Profile) -> list[re.Pattern]:

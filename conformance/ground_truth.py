@@ -549,7 +549,7 @@ def parameter_cases(profile: Profile, rng: random.Random, n_random: int) -> list
             cases.append({"request": {first: 1, names[0]: profile.parameter(names[0]).default,
                                       second: 1}, "note": "two unknown parameters"})
     # ... also in larger objects, where QEMU's key table is resized while filled and
-    # shrunk while the known members are read (see conformance/qapi_order.py)
+    # shrunk while the known members are read (see core/qapi_order.py)
     for k in (3, 5, 6, 7, 8, 10, 12, 16, 20, len(names)):
         for _ in range(4):
             request = {n: profile.parameter(n).default for n in rng.sample(names, k)

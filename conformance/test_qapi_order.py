@@ -1,4 +1,4 @@
-"""The unknown-member order model (conformance/qapi_order.py) against QEMU's answers.
+"""The unknown-member order model (core/qapi_order.py) against QEMU's answers.
 
 Every recorded call that QEMU refused with "Parameter '<path>' is unexpected"
 is replayed through :func:`unexpected_member`: the member it predicts must be
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from livemig.conformance.ground_truth import FILES, read_cases
-from livemig.conformance.qapi_order import qdict_order, unexpected_member
+from livemig.core.qapi_order import qdict_order, unexpected_member
 from livemig.spec import load_profile
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data"

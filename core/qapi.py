@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from livemig.core.qapi_order import unexpected_member
 from livemig.errors import ParameterError
 from livemig.spec.schema import Profile
 
@@ -102,10 +103,14 @@ def visit_list(profile: Profile, name: str, value: Any) -> list:
 
 
 def check_no_extra(profile: Profile, prefix: str, obj: dict, known: tuple[str, ...]) -> None:
-    """QEMU reports the first member it did not visit as unexpected."""
-    for key in obj:
-        if key not in known:
-            raise _fail(profile, "unexpected", f"{prefix}{key}")
+    """Refuse members the struct does not have, naming the one QEMU names.
+
+    QEMU reports the first member left in its hash tables after the known
+    ones were read, not the first in request order (see ``qapi_order``).
+    """
+    extra = unexpected_member(list(obj), known)
+    if extra is not None:
+        raise _fail(profile, "unexpected", f"{prefix}{extra}")
 
 
 def require(profile: Profile, prefix: str, obj: dict, key: str) -> Any:

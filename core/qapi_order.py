@@ -20,7 +20,7 @@ on 7.2: ``{"aaa": 1, "zzz": 1}`` and ``{"zzz": 1, "aaa": 1}`` both give
 
 This module reproduces that order from those facts (GLib 2.74, Debian
 bookworm); ``conformance/test_qapi_order.py`` checks it against every recorded
-case.  It is offered to ``livemig.core.qapi`` for its "unexpected" error.
+case, and ``livemig.core.qapi`` uses it for its "unexpected" error.
 """
 from __future__ import annotations
 
