@@ -138,20 +138,6 @@ def compare_params(profile: Profile, rec: dict, defaults: Mapping[str, Any],
     return None
 
 
-def known_gap(profile: Profile, m: Mismatch) -> Optional[str]:
-    """The documented checker gap a mismatch belongs to, or None for a real one.
-
-    * ``"block-bitmap-mapping-rules"``: QEMU refused a request that sets
-      ``block-bitmap-mapping`` and livemig accepted it (the alias-map rules
-      are documented on the spec's parameter row but not checked yet).
-    """
-    request = m.record.get("request")
-    if (m.what == "ok" and m.livemig is True and isinstance(request, dict)
-            and isinstance(request.get("block-bitmap-mapping"), list)):
-        return "block-bitmap-mapping-rules"
-    return None
-
-
 def _qapi_patterns(profile: Profile) -> list[re.Pattern]:
     pats = []
     for _key, text in profile.qapi_errors:

@@ -16,7 +16,7 @@ import tempfile
 import pytest
 
 from livemig.conformance.checker_compare import (
-    Mismatch, Skip, compare_caps, compare_params, known_gap, report,
+    Mismatch, Skip, compare_caps, compare_params, report,
 )
 from livemig.conformance.ground_truth import (
     SIDES, SideSession, capability_cases, caps_setup_param_cases, invalid_capability_cases,
@@ -86,8 +86,5 @@ def test_live_sample_agrees(sessions, seed):
                 mismatches.append(out)
             elif not isinstance(out, Skip):
                 compared += 1
-    # Documented gaps (strict xfails in tests/test_checkers_vs_qemu.py) are not
-    # counted here; everything else must agree.
-    real = [m for m in mismatches if known_gap(profile, m) is None]
     assert compared >= 150, f"only {compared} live cases were comparable (seed {seed})"
-    assert not real, f"seed {seed}: " + report(real, 30)
+    assert not mismatches, f"seed {seed}: " + report(mismatches, 30)

@@ -18,6 +18,7 @@ Order, as in QEMU:
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping, Optional
 
 from livemig.core.caps import CheckResult, default_params
@@ -106,6 +107,52 @@ def parse_parameter_request(profile: Profile, request: Any) -> dict[str, Any]:
     return parsed
 
 
+def alias_map_error(profile: Profile, mapping: list) -> Optional[str]:
+    """The first failing ALIAS_MAP_RULES text for a block-bitmap-mapping value, or None."""
+    directions = list(dict.fromkeys(r.direction for r in profile.alias_map_rules))
+    for direction in directions:  # QEMU's passes: by name, then by alias
+        rules = [r for r in profile.alias_map_rules if r.direction == direction]
+        error = _alias_pass(rules, mapping)
+        if error is not None:
+            return error
+    return None
+
+
+def _alias_pass(rules: list, mapping: list) -> Optional[str]:
+    node_rules = [r for r in rules if r.check.startswith("node_")]
+    bitmap_rules = [r for r in rules if r.check.startswith("bitmap_")]
+    names_seen: set[str] = set()
+    aliases_seen: set[str] = set()
+    for node in mapping:
+        name, alias = node["node-name"], node["alias"]
+        for rule in node_rules:
+            failed = (
+                (rule.check == "node_alias_form"
+                 and not re.fullmatch(rule.pattern or "", alias))
+                or (rule.check == "node_alias_length" and len(alias.encode()) > rule.limit)
+                or (rule.check == "node_name_unique" and name in names_seen)
+                or (rule.check == "node_alias_unique" and alias in aliases_seen))
+            if failed:
+                value = name if rule.check == "node_name_unique" else alias
+                return rule.error.replace("%s", value, 1)
+        names_seen.add(name)
+        aliases_seen.add(alias)
+        bitmap_names: set[str] = set()
+        bitmap_aliases: set[str] = set()
+        for bitmap in node["bitmaps"]:
+            for rule in bitmap_rules:
+                if rule.check == "bitmap_alias_length" and \
+                        len(bitmap["alias"].encode()) > rule.limit:
+                    return rule.error.replace("%s", bitmap["alias"], 1)
+                if rule.check == "bitmap_name_unique" and bitmap["name"] in bitmap_names:
+                    return rule.error.replace("%s", name, 1).replace("%s", bitmap["name"], 1)
+                if rule.check == "bitmap_alias_unique" and bitmap["alias"] in bitmap_aliases:
+                    return rule.error.replace("%s", alias, 1).replace("%s", bitmap["alias"], 1)
+            bitmap_names.add(bitmap["name"])
+            bitmap_aliases.add(bitmap["alias"])
+    return None
+
+
 def _bound(bound: Any, merged: Mapping[str, Any]) -> Optional[int]:
     if isinstance(bound, ParamRef):
         return merged.get(bound.name)
@@ -115,6 +162,9 @@ def _bound(bound: Any, merged: Mapping[str, Any]) -> Optional[int]:
 def rule_fails(profile: Profile, rule: ParamRule, merged: Mapping[str, Any],
                caps: Mapping[str, bool], host: Optional[Mapping[str, bool]] = None) -> bool:
     """Whether ``rule`` rejects the merged parameter set."""
+    if rule.alias_map:
+        value = merged.get(rule.param)
+        return value is not None and alias_map_error(profile, value) is not None
     if rule.param is not None:
         value = merged.get(rule.param)
         if value is None:  # e.g. block-bitmap-mapping never set
@@ -153,7 +203,10 @@ def check_parameters(profile: Profile, request: Any, *, side: str = "source",
             merged[name] = value
     for rule in profile.param_rules:
         if rule_fails(profile, rule, merged, caps or {}, host):
-            return CheckResult(False, rule.error, rule=rule.id)
+            error = rule.error
+            if rule.alias_map:
+                error += alias_map_error(profile, merged[rule.param]) or ""
+            return CheckResult(False, error, rule=rule.id)
     return CheckResult(True, None, merged)
 
 

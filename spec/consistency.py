@@ -124,6 +124,17 @@ def check_profile(profile: Profile) -> list[str]:
             problems.append(f"param rule {rule.id}: needs a parameter or a condition")
         if rule.when is not None:
             problems += _expr_problems(profile, f"param rule {rule.id}", rule.when)
+    checks = ("node_alias_form", "node_alias_length", "node_name_unique", "node_alias_unique",
+              "bitmap_alias_length", "bitmap_name_unique", "bitmap_alias_unique")
+    for rule in profile.alias_map_rules:
+        if rule.check not in checks:
+            problems.append(f"alias map rule {rule.id}: unknown check {rule.check!r}")
+        if rule.check.endswith("_length") and not rule.limit:
+            problems.append(f"alias map rule {rule.id}: a length check needs a limit")
+        if rule.check == "node_alias_form" and not rule.pattern:
+            problems.append(f"alias map rule {rule.id}: a form check needs a pattern")
+    if any(r.alias_map for r in profile.param_rules) and not profile.alias_map_rules:
+        problems.append("a parameter rule runs the alias map but ALIAS_MAP_RULES is empty")
     for command in profile.commands:
         for pre in command.preconditions:
             problems += _expr_problems(profile, f"command {command.name} {pre.id}", pre.when)

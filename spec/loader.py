@@ -41,8 +41,9 @@ _TABLES = {
     "QAPI_ERRORS": "qapi_errors",
     "COMMANDS": "commands",
 }
+# optional in a base profile: tables or values with a default in Profile
 _SCALARS = {"PARAM_ERROR_FORMAT": "param_error_format", "WIRE": "wire",
-            "TARGET_PAGE_SIZE": "target_page_size"}
+            "TARGET_PAGE_SIZE": "target_page_size", "ALIAS_MAP_RULES": "alias_map_rules"}
 
 
 def profile_names() -> tuple[str, ...]:

@@ -226,7 +226,42 @@ class ParamRule:
     max: Bound = None
     power_of_two: bool = False
     when: Optional[Expr] = None
+    alias_map: bool = False  # run the profile's ALIAS_MAP_RULES; `error` is their prefix
     doc: str = ""
+
+
+AliasCheck = Literal[
+    "node_alias_form",      # the node alias matches ``pattern``
+    "node_alias_length",    # the node alias is at most ``limit`` bytes
+    "node_name_unique",     # no earlier node has this node-name
+    "node_alias_unique",    # no earlier node has this alias
+    "bitmap_alias_length",  # the bitmap alias is at most ``limit`` bytes
+    "bitmap_name_unique",   # no earlier bitmap of this node has this name
+    "bitmap_alias_unique",  # no earlier bitmap of this node has this alias
+]
+
+
+@dataclass(frozen=True)
+class AliasMapRule:
+    """One check of block-bitmap-mapping's alias map (check_dirty_bitmap_mig_alias_map).
+
+    QEMU builds the map twice: keyed by names (``direction`` "by_name"), then
+    keyed by aliases ("by_alias").  Each pass walks the nodes in list order;
+    for each node its ``node_*`` rules of that pass run in table order, then
+    each of its bitmaps through the pass's ``bitmap_*`` rules.  The first
+    failure wins, so a duplicate alias loses to any by-name failure anywhere.  ``%s`` in ``error`` is filled with: the node alias /
+    node name for node rules; for bitmap rules the bitmap alias
+    (``bitmap_alias_length``), node-name and bitmap name
+    (``bitmap_name_unique``), node alias and bitmap alias
+    (``bitmap_alias_unique``).
+    """
+
+    id: str
+    check: AliasCheck
+    error: str
+    limit: Optional[int] = None
+    pattern: Optional[str] = None  # a regular expression the whole value must match
+    direction: Literal["by_name", "by_alias"] = "by_name"
 
 
 @dataclass(frozen=True)
@@ -344,6 +379,7 @@ class Profile:
     commands: tuple[Command, ...]
     wire: Wire
     target_page_size: int = 4096
+    alias_map_rules: tuple[AliasMapRule, ...] = ()
 
     # ---- lookups -------------------------------------------------------
     @property

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from livemig.conformance.checker_compare import (
-    Mismatch, Skip, compare_caps, compare_command, compare_params, known_gap, report,
+    Mismatch, Skip, compare_caps, compare_command, compare_params, report,
 )
 from livemig.conformance.ground_truth import FILES, read_cases
 from livemig.spec import load_profile
@@ -112,9 +112,6 @@ def test_parameters_agree_with_qemu():
     assert not mismatches, report(mismatches, SHOW)
 
 
-@pytest.mark.xfail(strict=True, reason="block-bitmap-mapping alias-map rules (node alias "
-                   "well-formed and <= 255 bytes, node name / node alias / bitmap / bitmap "
-                   "alias unique) are not in the spec or checker yet")
 def test_block_bitmap_mapping_rules_agree_with_qemu():
     meta, records, profile = _load("params")
     chosen = [r for r in records if _is_bitmap_mapping_semantics(r)]
