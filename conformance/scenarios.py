@@ -545,6 +545,30 @@ def sc_postcopy_pause_destination(run: Run) -> None:
     _pause_and_recover(run, "destination")
 
 
+def sc_cancel_postcopy(run: Run) -> None:
+    """migrate_cancel in postcopy-active (7.2 accepts it): the destination is left paused."""
+    _start_postcopy(run, postcopy_bandwidth=4096)
+    d0 = run.mark("destination")
+    run.src.qmp.command("migrate_cancel")
+    run.wait("source", "src.cleanup.cancelled")
+    run.wait("destination", "dst.pause", d0)
+    run.result.notes.append(f"source run state {run.src.qmp.command('query-status')['status']}")
+
+
+def sc_cancel_postcopy_paused(run: Run) -> None:
+    """migrate_cancel while postcopy-paused: 7.2 accepts it and the source stays cancelling."""
+    _start_postcopy(run, postcopy_bandwidth=4096)
+    s0, d0 = run.mark("source"), run.mark("destination")
+    run.src.qmp.command("migrate-pause")
+    run.wait("source", "src.postcopy_pause", s0)
+    run.wait("destination", "dst.pause", d0)
+    run.src.qmp.command("migrate_cancel")
+    run.wait("source", "src.cancel", s0)
+    run.result.notes.append(
+        f"source query-migrate status after cancel: "
+        f"{run.src.qmp.command('query-migrate').get('status')}")
+
+
 def sc_migrate_while_running(run: Run) -> None:
     """A second migrate during a running precopy is refused; then it converges."""
     run.start()
@@ -600,6 +624,8 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("destination-killed", sc_destination_killed),
     Scenario("postcopy-pause-source", sc_postcopy_pause_source, postcopy=True),
     Scenario("postcopy-pause-destination", sc_postcopy_pause_destination, postcopy=True),
+    Scenario("cancel-postcopy", sc_cancel_postcopy, postcopy=True),
+    Scenario("cancel-postcopy-paused", sc_cancel_postcopy_paused, postcopy=True),
     Scenario("migrate-while-running", sc_migrate_while_running),
     Scenario("resume-nothing-paused", sc_resume_nothing_paused),
     Scenario("start-postcopy-without-cap", sc_start_postcopy_without_cap),
