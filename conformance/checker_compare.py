@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Optional, Union
 
-from livemig.core.caps import check_capabilities
+from livemig.core.caps import check_set_capabilities
 from livemig.core.commands import check_command
 from livemig.core.guards import GuardEnv
 from livemig.core.params import check_parameters
@@ -77,15 +77,11 @@ def params_from_setup(profile: Profile, setup_params: Optional[Mapping[str, Any]
 
 def compare_caps(profile: Profile, rec: dict, host: Optional[Mapping[str, bool]] = None,
                  state: str = "none") -> Outcome:
-    """One ``kind: caps`` record against :func:`livemig.core.caps.check_capabilities`."""
-    args = rec["request"]
-    if not (isinstance(args, dict) and set(args) == {"capabilities"}):
-        return Skip(rec, "the arguments object itself is malformed (missing or extra "
-                         "top-level member); check_capabilities takes the list only")
+    """One ``kind: caps`` record against :func:`livemig.core.caps.check_set_capabilities`."""
     current = _caps_dict(profile, rec.get("setup_caps"))
     params = params_from_setup(profile, rec.get("setup_params"))
-    got = check_capabilities(profile, args["capabilities"], side=rec["side"], current=current,
-                             host=host, params=params, state=state)
+    got = check_set_capabilities(profile, rec["request"], side=rec["side"], current=current,
+                                 host=host, params=params, state=state)
     if got.ok != rec["ok"]:
         return Mismatch(rec, "ok", rec["ok"] or rec["error"], got.ok or got.error)
     if not got.ok:

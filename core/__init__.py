@@ -8,7 +8,7 @@
 * :func:`evaluate` — the runtime reading of the spec's guard expressions.
 """
 from livemig.core.caps import CheckResult, apply_capabilities, check_capabilities, \
-    default_capabilities, default_params
+    check_set_capabilities, default_capabilities, default_params
 from livemig.core.cell import Attempt, PostcopyCell, StatusCell, TransitionLog
 from livemig.core.commands import check_command
 from livemig.core.guards import GuardEnv, evaluate
@@ -27,6 +27,7 @@ __all__ = [
     "build_machine",
     "check_capabilities",
     "check_command",
+    "check_set_capabilities",
     "check_parameters",
     "default_capabilities",
     "default_params",

@@ -115,6 +115,27 @@ def check_capabilities(profile: Profile, request: Any, *, side: str,
     return CheckResult(True, None, merged)
 
 
+def check_set_capabilities(profile: Profile, arguments: Any, **kwargs: Any) -> CheckResult:
+    """Decide ``migrate-set-capabilities`` given its whole QMP ``arguments`` object.
+
+    Adds what :func:`check_capabilities` (which takes the list) cannot see:
+    a non-object ``arguments`` (JSON null counts as absent, as in QMP), a
+    missing ``capabilities`` member, and unknown top-level members — reported
+    after the list was read, as QEMU's visitor does.
+    """
+    if arguments is None:
+        arguments = {}
+    if not isinstance(arguments, dict):
+        return CheckResult(False, profile.qapi_error("arguments_not_object"), rule="qapi")
+    try:
+        request = require(profile, "", arguments, "capabilities")
+        parse_capability_request(profile, request)
+        check_no_extra(profile, "", arguments, ("capabilities",))
+    except ParameterError as exc:
+        return CheckResult(False, exc.message, rule="qapi")
+    return check_capabilities(profile, request, **kwargs)
+
+
 def apply_capabilities(profile: Profile, request: Any, **kwargs: Any) -> dict[str, bool]:
     """Like :func:`check_capabilities` but returns the new set or raises CapabilityError."""
     result = check_capabilities(profile, request, **kwargs)

@@ -95,9 +95,7 @@ def parse_parameter_request(profile: Profile, request: Any) -> dict[str, Any]:
     """The request's members, type-checked, in schema order."""
     if not isinstance(request, dict):
         # QMP's dispatcher refuses a non-object "arguments" before visiting it.
-        texts = dict(profile.qapi_errors)
-        raise ParameterError(texts.get("arguments_not_object",
-                                       "Invalid parameter type for 'arguments', expected: object"))
+        raise ParameterError(profile.qapi_error("arguments_not_object"))
     parsed: dict[str, Any] = {}
     settable = [p for p in profile.parameters if p.in_set_command]
     for param in settable:

@@ -405,6 +405,9 @@ QAPI_ERRORS = (
     ("unexpected", "Parameter '%s' is unexpected"),
     ("missing", "Parameter '%s' is missing"),
     ("migration_active", "There's a migration process in progress"),
+    # QMP's dispatcher, before any member is visited (qmp-dispatch; observed on
+    # 7.2 with "arguments": [] / "x" / 1).
+    ("arguments_not_object", "QMP input member 'arguments' must be an object"),
 )
 
 # ---------------------------------------------------------------- commands

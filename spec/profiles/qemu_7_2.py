@@ -275,12 +275,6 @@ CAP_RULES = (
             "Multifd is not compatible with compress"),
 )
 
-# QMP's dispatcher, before any member is visited (observed on 7.2 with
-# "arguments": [] / "x" / 1 for migrate-set-parameters and -capabilities).
-QAPI_ERRORS = Patch(add=(
-    ("arguments_not_object", "QMP input member 'arguments' must be an object"),
-))
-
 _COMPRESSION = ("none", "zlib", "zstd")
 
 PARAMETERS = (
