@@ -40,7 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     for i in range(args.runs):
         t = time.perf_counter()
         done = subprocess.run([sys.executable, "-c", ONE_RUN, str(args.jobs)],
-                              capture_output=True, text=True, check=True)
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            print(done.stderr, file=sys.stderr)
+            return done.returncode
         wall = time.perf_counter() - t
         data = json.loads(done.stdout.strip().splitlines()[-1])
         data["wall"] = wall

@@ -345,9 +345,8 @@ class Encoding:
         return terms[0] if len(terms) == 1 else z3.Or(terms)
 
     def same(self, a: z3.ExprRef, b: z3.ExprRef) -> z3.BoolRef:
-        """``a == b`` for two status terms, spelled per value (keeps the
-        finite-domain solver's datatype-to-bit-vector reduction happy)."""
-        return z3.Or([z3.And(a == v, b == v) for v in self.status.values()])
+        """``a == b`` for two status terms."""
+        return a == b
 
     def _others(self, side: str) -> dict[str, z3.ExprRef]:
         """In ``side``'s process, the other side's object: never driven, so the initial status."""

@@ -172,14 +172,17 @@ class Engine:
 
     def _harvest(self, m: z3.ModelRef, k: int) -> None:
         """Record every open witness that the path in ``m`` (length ``k``) hits."""
+        full = None
         for f in self.findings:
             if f.status != "open" or f.obligation.polarity != "witness":
                 continue
             for j in range(k + 1):
                 phi = self._at(f.obligation, "b", j)
                 if phi is not None and z3.is_true(m.eval(phi, model_completion=True)):
+                    full = full or extract_trace(self.enc, m, "b", k)
                     f.status, f.method, f.k = "found", "bmc", j
-                    f.trace = extract_trace(self.enc, m, "b", j)
+                    f.trace = dict(full, states=full["states"][:j + 1],
+                                   steps=full["steps"][:j])
                     f.seconds = time.perf_counter() - self._t0
                     break
 
@@ -204,28 +207,28 @@ class Engine:
             if f.status == "open" and f.obligation.polarity == "witness":
                 per_pos = [(j, self._at(f.obligation, "b", j)) for j in range(depth + 1)]
                 targets[id(f)] = (f, [(j, phi) for j, phi in per_pos if phi is not None])
+        hits = {}
+        for key, (f, ps) in targets.items():
+            h = z3.FreshBool("hit")
+            s.add(h == z3.Or([phi for _, phi in ps]))
+            hits[key] = h
+        want = 3  # ask for paths that hit several targets at once; fall back to one
         while targets:
             lit = z3.FreshBool("w")
-            s.add(z3.Implies(lit, z3.Or([phi for _, ps in targets.values() for _, phi in ps])))
+            n = min(want, len(targets))
+            s.add(z3.Implies(lit, z3.AtLeast(*[hits[key] for key in targets], n)))
             self.stats.queries += 1
             r = s.check(lit)
+            if r == z3.unsat and n > 1:
+                want = n - 1
+                continue
             if r != z3.sat:
                 if r != z3.unsat:
                     self.stats.unknown_reason = s.reason_unknown()
                 return
-            m = s.model()
-            self._harvest(m, depth)
-            for key in list(targets):
-                if targets[key][0].status != "open":
-                    del targets[key]
-                    continue
-                f, ps = targets[key]
-                for j, phi in ps:
-                    if z3.is_true(m.eval(phi, model_completion=True)):
-                        f.status, f.method, f.k = "found", "bmc", j
-                        f.trace = extract_trace(enc, m, "b", j)
-                        del targets[key]
-                        break
+            self._harvest(s.model(), depth)
+            for key in [key for key, (f, _) in targets.items() if f.status != "open"]:
+                del targets[key]
 
     # ---------------------------------------------------------- lemmas
     def _lemma_sets(self, st: State) -> dict[str, list[z3.BoolRef]]:
@@ -351,7 +354,9 @@ class Engine:
         phase("bmc-deep", self.bmc, self.max_k + 1, self.bmc_depth, "safety", stop_early)
         if not stop_early:
             for depth in self.witness_depths():
-                phase(f"witness-{depth}", self.witness_search, depth)
+                if any(f.status == "open" and f.obligation.polarity == "witness"
+                       for f in self.findings):
+                    phase(f"witness-{depth}", self.witness_search, depth)
             if any(f.status == "open" for f in self.findings):
                 phase("induction-witness", self.induction, "witness")
         self.stats.seconds = time.perf_counter() - t0
