@@ -25,8 +25,9 @@ from livemig.engine.guest import FILLS, parse_size
 
 
 def _vm_kwargs(args: argparse.Namespace) -> dict:
-    return dict(ram_size=parse_size(args.ram), fill=args.fill, workload_rate=args.workload,
-                profile=args.profile, uuid=getattr(args, "uuid", None))
+    return dict(ram_size=parse_size(args.ram),
+                fill="zero" if args.mem_path else args.fill, workload_rate=args.workload,
+                profile=args.profile, uuid=getattr(args, "uuid", None), mem_path=args.mem_path)
 
 
 def _common(p: argparse.ArgumentParser, *, fill: bool = True) -> None:
@@ -42,6 +43,9 @@ def _common(p: argparse.ArgumentParser, *, fill: bool = True) -> None:
     p.add_argument("--uuid", default=None, help="the VM's UUID (validate-uuid)")
     p.add_argument("--log", default=None, metavar="PATH",
                    help="write the NDJSON transition log here")
+    p.add_argument("--mem-path", default=None, metavar="FILE",
+                   help="back pc.ram with this file (shared mapping, like QEMU's "
+                        "memory-backend-file share=on); its content is the RAM")
 
 
 def _migration_opts(p: argparse.ArgumentParser) -> None:

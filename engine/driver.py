@@ -35,6 +35,7 @@ from livemig.engine.wire import wire_tables
 from livemig.errors import MigrationError, ReturnPathError, StreamError
 
 RP_CLOSE_TIMEOUT = 60.0
+RECV_CHUNK = 512 << 10  # bytes parsed at a time on the destination
 
 
 class _ChannelSender(threading.Thread):
@@ -265,6 +266,7 @@ class DestinationDriver:
         while main is None or len(self._mf_chans) < self.multifd_channels:
             chan = self.listener.accept()
             if chan.sock is None:
+                self.session.accepted()
                 return chan  # fd/file: a single channel
             head = b""
             while len(head) < 4:
@@ -308,14 +310,16 @@ class DestinationDriver:
             self.chan = self._accept_all()
             self.listener.close()
             chan = self.chan
+            chunk = RECV_CHUNK
             while not s.finished:
-                buf = s.get_buffer(1 << 20)
+                buf = s.get_buffer(chunk)[:chunk]
                 n = chan.recv_into(buf)
                 if n == 0:
                     raise StreamError(self._mf_error or "Input/output error")
                 got = n
-                # Top up while bytes are waiting: fewer, larger parses.
-                while got < (4 << 20):
+                # Top up while bytes are waiting: fewer, larger parses, but a
+                # cache-sized working set (the kernel copies into warm memory).
+                while got < chunk:
                     more = chan.recv_more_into(buf[got:])
                     if not more:
                         break

@@ -68,7 +68,7 @@ class RAMBlock:
     """One RAM block: ``name`` (QEMU's idstr, e.g. ``pc.ram``) and its pages."""
 
     def __init__(self, name: str, size: int, page_size: int = 4096, *,
-                 path: Optional[str] = None) -> None:
+                 path: Optional[str] = None, populate: bool = False) -> None:
         if size <= 0 or size % page_size:
             raise ValueError(f"RAM block {name!r}: size {size} is not a positive multiple "
                              f"of the page size {page_size}")
@@ -81,11 +81,17 @@ class RAMBlock:
             try:
                 if os.fstat(fd).st_size < size:
                     os.ftruncate(fd, size)
-                self._mmap = mmap.mmap(fd, size, mmap.MAP_SHARED)
+                flags = mmap.MAP_SHARED
+                if populate:
+                    flags |= getattr(mmap, "MAP_POPULATE", 0)
+                self._mmap = mmap.mmap(fd, size, flags)
             finally:
                 os.close(fd)
         else:
-            self._mmap = mmap.mmap(-1, size, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+            if populate:  # preallocate (QEMU's -mem-prealloc): no faults while loading
+                flags |= getattr(mmap, "MAP_POPULATE", 0)
+            self._mmap = mmap.mmap(-1, size, flags)
         self.bytes = np.frombuffer(self._mmap, dtype=np.uint8)
         self.pages = self.bytes.reshape(self.npages, page_size)
         self.dirty_log = np.zeros(self.npages, dtype=bool)
@@ -160,13 +166,14 @@ class Guest:
                  extra_blocks: Optional[dict[str, int]] = None, seed: int = 0,
                  mem_path: Optional[str] = None, workload_rate: float = 20000.0,
                  workload_start: int = MiB, workload_end: int = 100 * MiB,
-                 batch: int = 64, run_state: str = RUN_PAUSED) -> None:
+                 batch: int = 64, run_state: str = RUN_PAUSED, populate: bool = False) -> None:
         self.page_size = page_size
         self.blocks: dict[str, RAMBlock] = {}
-        self.blocks["pc.ram"] = RAMBlock("pc.ram", ram_size, page_size, path=mem_path)
+        self.blocks["pc.ram"] = RAMBlock("pc.ram", ram_size, page_size, path=mem_path,
+                                         populate=populate)
         for name, size in (extra_blocks if extra_blocks is not None
                            else {"small.ram": 128 * 1024}).items():
-            self.blocks[name] = RAMBlock(name, size, page_size)
+            self.blocks[name] = RAMBlock(name, size, page_size, populate=populate)
         for i, block in enumerate(self.blocks.values()):
             block.fill(fill, seed + i)
         self.dirty_lock = threading.Lock()

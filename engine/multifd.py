@@ -103,6 +103,7 @@ class MultifdDecoder:
                 data = np.frombuffer(buf, np.uint8, npages * self.page_size, p)
                 block.pages[(offsets // np.uint64(self.page_size)).astype(np.intp)] = \
                     data.reshape(npages, self.page_size)
+                del data  # release the view before the buffer is trimmed
                 self.pages += npages
             pos += need
             if flags & FLAG_SYNC:

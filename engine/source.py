@@ -362,7 +362,15 @@ class SourceMigration:
         n = len(idx)
         first, last = int(idx[0]), int(idx[-1])
         src = block.pages[first:last + 1] if last - first + 1 == n else block.pages[idx]
-        nonzero = src.view(np.uint64).any(axis=1)
+        words = src.view(np.uint64)
+        # A page whose first word is non-zero is non-zero: only the others need
+        # a full scan (random RAM then costs one cache line per page).
+        nonzero = words[:, 0] != 0
+        maybe_zero = np.flatnonzero(~nonzero)
+        if maybe_zero.size > n // 4:
+            nonzero = words.any(axis=1)
+        elif maybe_zero.size:
+            nonzero[maybe_zero] = words[maybe_zero].any(axis=1)
         zero_idx = idx[~nonzero]
         all_nonzero = bool(nonzero.all())
         norm_idx = idx if all_nonzero else idx[nonzero]

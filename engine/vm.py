@@ -80,7 +80,8 @@ class VM:
         self.exit_on_error = exit_on_error
         self.guest = Guest(ram_size, fill="zero" if incoming else fill,
                            workload_rate=workload_rate, mem_path=mem_path,
-                           extra_blocks=extra_blocks, seed=seed)
+                           extra_blocks=extra_blocks, seed=seed,
+                           populate=incoming is not None or mem_path is not None)
         self.guest.on_run_state = self._run_state_changed
         self.source: Optional[SourceMigration] = None
         self._src_driver: Optional[SourceDriver] = None

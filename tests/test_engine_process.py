@@ -251,3 +251,125 @@ def test_cli_incoming_and_migrate(tmp):
         if inc.poll() is None:
             inc.kill()
             inc.wait()
+
+
+def _pair(tmp, *, src_args=(), dst_args=()):
+    dst = Proc(tmp, "dst", "--incoming", "defer", *dst_args)
+    src = Proc(tmp, "src", "--workload", "20000", *src_args)
+    return src, dst
+
+
+def _both(src, dst, caps=(), params=None):
+    for node in (src, dst):
+        if caps:
+            node.cmd("migrate-set-capabilities",
+                     capabilities=[{"capability": c, "state": True} for c in caps])
+        if params:
+            node.cmd("migrate-set-parameters", **params)
+
+
+def _finish_and_check(src, dst):
+    assert src.wait_status({"completed", "failed"}) == "completed", src.cmd("query-migrate")
+    assert dst.wait_status({"completed", "failed"}) == "completed"
+    dst.cmd("stop")
+    check = dst.cmd("x-livemig-check-memory")
+    assert check["ok"], check
+
+
+@pytest.mark.parametrize("caps,params", [
+    (("multifd",), {"multifd-channels": 3}),
+    (("xbzrle",), {"xbzrle-cache-size": 32 << 20}),
+    (("compress",), {"compress-threads": 2}),
+    (("return-path",), {}),
+])
+def test_features_two_process(tmp, caps, params):
+    # per-page encodings (xbzrle, compress) are slower: a gentler guest converges
+    rate = "3000" if ("compress" in caps or "xbzrle" in caps) else "20000"
+    src, dst = _pair(tmp, src_args=("--workload", rate))
+    try:
+        _both(src, dst, caps, params)
+        uri = "tcp:127.0.0.1:0"
+        dst.cmd("migrate-incoming", uri=uri)
+        addr = dst.cmd("query-migrate")["socket-address"][0]
+        src.cmd("migrate-set-parameters", **{"max-bandwidth": 64 << 20})
+        src.cmd("migrate", uri=f"tcp:{addr['host']}:{addr['port']}")
+        if "xbzrle" in caps or "compress" in caps:
+            info = src.cmd("query-migrate")
+            assert info["status"] not in ("failed",)
+        _finish_and_check(src, dst)
+        ram = src.cmd("query-migrate")["ram"]
+        if "multifd" in caps:
+            assert ram["multifd-bytes"] > 0
+    finally:
+        src.close()
+        dst.close()
+    validate_log(P, src.log())
+    validate_log(P, dst.log())
+
+
+def test_pause_before_switchover_and_auto_converge(tmp):
+    src, dst = _pair(tmp, src_args=("--workload", "40000"))
+    try:
+        _both(src, dst, ("pause-before-switchover", "auto-converge", "events"))
+        src.cmd("migrate-set-parameters", **{
+            "max-bandwidth": 32 << 20, "cpu-throttle-initial": 90,
+            "cpu-throttle-increment": 5, "max-cpu-throttle": 99})
+        uri = f"unix:{tmp}/mig.sock"
+        dst.cmd("migrate-incoming", uri=uri)
+        src.cmd("migrate", uri=uri)
+        seen = set()
+        deadline = time.monotonic() + TIMEOUT
+        while True:
+            info = src.cmd("query-migrate")
+            seen.add(info.get("cpu-throttle-percentage", 0))
+            if info["status"] == "pre-switchover":
+                break
+            assert info["status"] in ("setup", "active") and time.monotonic() < deadline, info
+            time.sleep(0.05)
+        assert min(x for x in seen if x) == 90
+        assert src.cmd("query-status")["status"] == "finish-migrate"
+        assert src.error("migrate-continue", state="active") == \
+            "Migration not in expected state: pre-switchover"
+        src.cmd("migrate-continue", state="pre-switchover")
+        _finish_and_check(src, dst)
+        states = [e["data"]["status"] for e in src.drain() if e["event"] == "MIGRATION"]
+        assert states[-3:] == ["pre-switchover", "device", "completed"]
+    finally:
+        src.close()
+        dst.close()
+    validate_log(P, src.log())
+
+
+def test_validate_uuid_mismatch_destination_exits(tmp):
+    src, dst = _pair(tmp, src_args=("--uuid", "11111111-1111-1111-1111-111111111111"),
+                     dst_args=("--uuid", "22222222-2222-2222-2222-222222222222"))
+    try:
+        src.cmd("migrate-set-capabilities",
+                capabilities=[{"capability": "validate-uuid", "state": True}])
+        uri = f"unix:{tmp}/mig.sock"
+        dst.cmd("migrate-incoming", uri=uri)
+        src.cmd("migrate", uri=uri)
+        assert dst.proc.wait(TIMEOUT) == 1
+        assert src.wait_status({"failed"}) == "failed"
+        assert src.cmd("query-status")["status"] == "running"
+    finally:
+        src.close()
+        dst.close()
+    assert "UUID received is 11111111-1111-1111-1111-111111111111" in \
+        (tmp / "dst.err").read_text()
+
+
+def test_file_migration(tmp):
+    src, dst = _pair(tmp)
+    try:
+        uri = f"file:{tmp}/state.bin"
+        src.cmd("migrate-set-parameters", **{"max-bandwidth": 1 << 30})
+        src.cmd("migrate", uri=uri)
+        assert src.wait_status({"completed", "failed"}) == "completed"
+        dst.cmd("migrate-incoming", uri=uri)
+        assert dst.wait_status({"completed", "failed"}) == "completed"
+        dst.cmd("stop")
+        assert dst.cmd("x-livemig-check-memory")["ok"]
+    finally:
+        src.close()
+        dst.close()

@@ -93,11 +93,14 @@ class Link:
         self.sent = 0
 
     def push(self, buffers):
-        for b in buffers:
-            raw = memoryview(b).cast("B")
-            if self.cut_after is not None and self.sent + raw.nbytes > self.cut_after:
-                raise OSError(32, "Broken pipe")
-            self.sent += raw.nbytes
+        raw = b"".join(memoryview(b).cast("B") for b in buffers)
+        if self.cut_after is not None and self.sent + len(raw) > self.cut_after:
+            if self.cut_after > self.sent:
+                self.dst.feed(raw[:self.cut_after - self.sent])  # a torn record arrives
+            self.sent = self.cut_after
+            raise OSError(32, "Broken pipe")
+        self.sent += len(raw)
+        if raw:
             self.dst.feed(raw)
         rp = self.dst.data_to_send()
         if rp:
