@@ -139,7 +139,8 @@ class QMPSession:
                    start: int = 0, what: str = "event") -> int:
         """Index in :attr:`events` of the first event at or after ``start`` matching.
 
-        Raises QMPSessionError after ``timeout`` seconds.
+        Raises QMPSessionError after ``timeout`` seconds, or at once when the
+        process at the other end (``alive``) has exited without sending it.
         """
         deadline = time.monotonic() + timeout
         i = start
@@ -151,6 +152,13 @@ class QMPSession:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise QMPSessionError(f"{self.name}: no {what} within {timeout}s; "
+                                      f"MIGRATION so far: {self.statuses()}")
+            if self._alive is not None and not self._alive():
+                # The process is gone: what it sent is all there will be.
+                self.drain()
+                if any(predicate(e) for e in self.events[i:]):
+                    continue
+                raise QMPSessionError(f"{self.name}: the process exited before {what}; "
                                       f"MIGRATION so far: {self.statuses()}")
             self.pump(min(left, 1.0))
 
