@@ -200,6 +200,9 @@ class Guest:
         self._thread: Optional[threading.Thread] = None
         self._quit = False
         self.pages_written = 0
+        #: postcopy destination: called with (first, last) pages of pc.ram before
+        #: the vCPU touches them; blocks until they are present, False to skip
+        self.fault_hook: Optional[Callable[[int, int], bool]] = None
 
     # ---------------------------------------------------------------- RAM
     @property
@@ -315,6 +318,9 @@ class Guest:
             # One batch, never crossing the end of the range, then the log.
             a = self._cursor
             b = min(a + self.batch, last)
+            hook = self.fault_hook
+            if hook is not None and not hook(a, b):
+                continue
             col = pages[a:b, 0]
             col += 1
             with self.dirty_lock:

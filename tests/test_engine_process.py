@@ -373,3 +373,12 @@ def test_file_migration(tmp):
     finally:
         src.close()
         dst.close()
+
+
+def test_precopy_demo_runs():
+    from rich.console import Console
+    from livemig.engine.demo import run_precopy_demo
+    console = Console(record=True, width=120)
+    assert run_precopy_demo(console, ram="64M", workload=10000) == 0
+    text = console.export_text()
+    assert "memory check passed" in text and "completed" in text

@@ -1,0 +1,941 @@
+"""Postcopy, page requests, pause and recovery, sans-I/O, on both sides.
+
+Theory of operation
+-------------------
+:class:`PostcopySource` and :class:`PostcopyDestination` extend the precopy
+sessions (:mod:`livemig.engine.source`, :mod:`livemig.engine.destination`)
+with what QEMU 7.2 does once ``postcopy-ram`` is on.  They still never touch
+a socket or a thread; the driver (or a test's fake link) moves the bytes.
+
+Source, in the order of QEMU's migration thread:
+
+* setup sends POSTCOPY_ADVISE (be64 page-size summary, be64 target page size)
+  right after OPEN_RETURN_PATH and its PING; postcopy always opens the
+  return path.
+* ``migrate-start-postcopy`` sets :attr:`PostcopySource.start_postcopy`;
+  :meth:`~PostcopySource.poll` then answers :class:`StartPostcopy` at the
+  next iteration (the precopy-only data pending is nil, so it is always within
+  the threshold), unless the migration converged first.
+* :meth:`~PostcopySource.postcopy_start` fires ``src.postcopy_start.switch``
+  (or ``.pre_switchover``; ``migrate-continue`` then fires ``.continue``);
+  the driver stops the vCPU; :meth:`~PostcopySource.package` syncs the dirty
+  log and returns PING 2, the discard commands (the dirty pages as byte
+  ranges, at most MAX_DISCARDS_PER_COMMAND per command), PACKAGED and its
+  blob (LISTEN, the global and device state sections, PING 3, RUN) and
+  PING 4.
+* :meth:`~PostcopySource.poll_postcopy` sends the pages a REQ_PAGES asked for
+  first, then the remaining dirty pages in the background;
+  :meth:`~PostcopySource.postcopy_complete` ends the ram section and the
+  stream.  A request is checked as QEMU checks it (unknown block, misaligned).
+* a broken channel in postcopy-active (or postcopy-recover) is
+  :meth:`~PostcopySource.postcopy_pause` (``src.postcopy_pause``);
+  ``migrate resume=true`` connects and fires ``src.fd_connect.resume``;
+  :meth:`~PostcopySource.resume_prepare` sends RECV_BITMAP for every block;
+  each answer (the destination's *received* bitmap, little-endian longs, then
+  the end mark) rebuilds the dirty bitmap as its complement;
+  :meth:`~PostcopySource.resume_command` is POSTCOPY_RESUME; RESUME_ACK with
+  value 1 fires ``src.rp.resume_ack``.
+
+Destination:
+
+* the commands run core's PostcopyCell handlers ("advise", "discard",
+  "listen", "run", "end"), so a command in the wrong state fails with QEMU's
+  text after QEMU's exchange-then-check; ADVISE and DISCARD lengths are
+  checked with QEMU's texts.
+* LISTEN fires ``dst.listen.start``; RUN loads the device state and sets
+  :attr:`PostcopyDestination.run_requested` (the driver starts the vCPU).
+* pages are tracked in a *received* bitmap from ADVISE on; after LISTEN a page
+  already received is never written again (a page both requested and pushed
+  is placed once), and a page's received bit is set only after its bytes are
+  in place, so a vCPU waiting in :meth:`~PostcopyDestination.fault` never
+  reads half a page.
+* :meth:`~PostcopyDestination.fault` is the vCPU touching pages: missing pages
+  are requested on the return path (REQ_PAGES_ID when the block changes,
+  REQ_PAGES otherwise, page aligned) and the caller blocks until they are
+  placed.  The request -> placed round trip feeds a latency histogram.
+* a load error with PostcopyState RUNNING is :meth:`~PostcopyDestination.pause`
+  (``dst.pause``); otherwise the listen thread fails (``dst.listen.failed``).
+  ``migrate-recover`` emits ``dst.incoming.setup_event``; the new channel
+  fires ``dst.recover.accept`` and continues the stream where it was (no
+  header); RECV_BITMAP is answered; POSTCOPY_RESUME fires ``dst.resume``,
+  sends RESUME_ACK and re-sends every pending page request.
+"""
+from __future__ import annotations
+
+import struct
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from livemig.core.cell import PostcopyCell, StatusCell
+from livemig.engine.destination import DestinationMigration
+from livemig.engine.guest import Guest, RAMBlock
+from livemig.engine.returnpath import ReturnPathDecoder, RPMessage, encode_rp, encode_u32
+from livemig.engine.source import MAX_CHUNK_PAGES, Send, SourceMigration
+from livemig.engine.stream import (
+    DEVICE_SECTION, GLOBALSTATE_SECTION, CommandReceived, DeviceState, EndOfStream, Event,
+    StreamDecoder, _S_TOP,
+)
+from livemig.errors import ReturnPathError, StreamError
+from livemig.spec.schema import Profile
+
+#: source rows fired here: engine name -> spec row id
+POSTCOPY_SOURCE_ROWS = {
+    "switch": "src.postcopy_start.switch",
+    "pre_switchover": "src.postcopy_start.pre_switchover",
+    "continue": "src.postcopy_start.continue",
+    "start_failed": "src.postcopy_start.fail",
+    "pause": "src.postcopy_pause",
+    "resume": "src.fd_connect.resume",
+    "resume_ack": "src.rp.resume_ack",
+    "completed": "src.completion.completed",
+}
+
+#: destination rows fired here: engine name -> spec row id
+POSTCOPY_DESTINATION_ROWS = {
+    "setup_event": "dst.incoming.setup_event",
+    "listen": "dst.listen.start",
+    "listen_failed": "dst.listen.failed",
+    "listen_completed": "dst.listen.completed",
+    "pause": "dst.pause",
+    "recover": "dst.recover.accept",
+    "resume": "dst.resume",
+}
+
+SROW = POSTCOPY_SOURCE_ROWS
+DROW = POSTCOPY_DESTINATION_ROWS
+
+#: latency histogram bucket upper bounds, seconds (the last bucket is open)
+LATENCY_BUCKETS = (50e-6, 100e-6, 200e-6, 500e-6, 1e-3, 2e-3, 5e-3, 10e-3, 50e-3, 0.1, 1.0)
+
+
+@dataclass(frozen=True)
+class PostcopyStatuses:
+    """Postcopy status names, read from spec rows."""
+
+    active: str
+    paused: str
+    recover: str
+
+
+def postcopy_statuses(profile: Profile) -> PostcopyStatuses:
+    t = profile.transition
+    return PostcopyStatuses(active=t(SROW["switch"]).new, paused=t(SROW["pause"]).new,
+                            recover=t(SROW["resume"]).new)
+
+
+@dataclass
+class StartPostcopy:
+    """The migration thread must switch to postcopy now."""
+
+
+@dataclass
+class PostcopyDone:
+    """Every page is sent: end the stream (:meth:`PostcopySource.postcopy_complete`)."""
+
+
+@dataclass
+class Idle:
+    """Nothing to send right now (only possible while paused or recovering)."""
+
+
+@dataclass(frozen=True)
+class ReceivedBitmap:
+    """A RECV_BITMAP answer on the return path, with its trailing bitmap."""
+
+    block: str
+    size: int
+    raw: bytes
+    end_mark: int
+
+
+class LatencyHistogram:
+    """Fault round trips (request -> placed), in fixed buckets plus raw samples."""
+
+    def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.samples: list[float] = []
+        self._lock = threading.Lock()
+
+    def add(self, seconds: float) -> None:
+        with self._lock:
+            self.samples.append(seconds)
+            i = int(np.searchsorted(self.bounds, seconds))
+            self.counts[i] += 1
+
+    def percentile(self, p: float) -> Optional[float]:
+        with self._lock:
+            if not self.samples:
+                return None
+            return float(np.percentile(self.samples, p))
+
+    def to_json(self) -> dict[str, Any]:
+        """A MigrationInfo-shaped histogram (microsecond bounds)."""
+        with self._lock:
+            n = len(self.samples)
+            buckets = [{"le-us": int(round(b * 1e6)), "count": c}
+                       for b, c in zip(self.bounds, self.counts)]
+            buckets.append({"le-us": None, "count": self.counts[-1]})
+            out: dict[str, Any] = {"count": n, "buckets": buckets}
+            if n:
+                arr = np.array(self.samples)
+                out.update({"p50-us": int(np.percentile(arr, 50) * 1e6),
+                            "p99-us": int(np.percentile(arr, 99) * 1e6),
+                            "max-us": int(arr.max() * 1e6)})
+            return out
+
+
+def _bitmap_size(npages: int) -> int:
+    """round_up(ceil(nbits / 8), 8): the byte size of a bitmap of longs."""
+    return ((npages + 63) // 64) * 8
+
+
+def encode_received_bitmap(received: np.ndarray) -> bytes:
+    """``received`` as QEMU's bitmap of little-endian longs (1 = received)."""
+    raw = np.packbits(received.astype(bool), bitorder="little").tobytes()
+    return raw + b"\0" * (_bitmap_size(len(received)) - len(raw))
+
+
+def decode_received_bitmap(raw: bytes, npages: int) -> np.ndarray:
+    return np.unpackbits(np.frombuffer(raw, np.uint8), bitorder="little")[:npages].astype(bool)
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """(first, count) of every run of True in ``mask``."""
+    if not mask.any():
+        return []
+    padded = np.concatenate(([False], mask, [False])).astype(np.int8)
+    edges = np.flatnonzero(np.diff(padded))
+    return [(int(a), int(b - a)) for a, b in zip(edges[::2], edges[1::2])]
+
+
+# =============================================================== return path
+class PostcopyRPDecoder(ReturnPathDecoder):
+    """The return-path decoder plus the bitmap that follows a RECV_BITMAP
+    outside the message framing (be64 size, bitmap, be64 end mark)."""
+
+    def __init__(self, profile: Profile) -> None:
+        super().__init__(profile)
+        self._pending = bytearray()
+        self._bitmap_for: Optional[str] = None
+
+    def feed(self, data: bytes) -> list[Any]:  # type: ignore[override]
+        self._pending += data
+        out: list[Any] = []
+        while True:
+            if self._bitmap_for is not None:
+                if len(self._pending) < 8:
+                    break
+                size = struct.unpack_from(">Q", self._pending)[0]
+                if len(self._pending) < 16 + size:
+                    break
+                raw = bytes(self._pending[8:8 + size])
+                mark = struct.unpack_from(">Q", self._pending, 8 + size)[0]
+                del self._pending[:16 + size]
+                out.append(ReceivedBitmap(self._bitmap_for, size, raw, mark))
+                self._bitmap_for = None
+                continue
+            if len(self._pending) < 4:
+                break
+            length = struct.unpack_from(">H", self._pending, 2)[0]
+            take = min(len(self._pending), 4 + length)
+            chunk = bytes(self._pending[:take])
+            del self._pending[:take]
+            msgs = super().feed(chunk)
+            for m in msgs:
+                out.append(m)
+                if m.name == "RECV_BITMAP":
+                    self._bitmap_for = m.block or ""
+            if take < 4 + length:
+                break
+        return out
+
+
+# ==================================================================== source
+class PostcopySource(SourceMigration):
+    """An outgoing migration that can switch to postcopy, pause and resume."""
+
+    def __init__(self, profile: Profile, guest: Guest, cell: StatusCell, **kw: Any) -> None:
+        super().__init__(profile, guest, cell, **kw)
+        self.pst = postcopy_statuses(profile)
+        self.postcopy_ram = bool(self.caps.get("postcopy-ram"))
+        if self.postcopy_ram:
+            self.return_path = True
+        self.rp_decoder = PostcopyRPDecoder(profile)
+        self.start_postcopy = False
+        self.in_postcopy = False
+        self.postcopy_requests = 0
+        self.postcopy_bytes = 0
+        self._requests: list[tuple[RAMBlock, int, int]] = []  # (block, first page, count)
+        self._req_lock = threading.Lock()
+        self._last_req_block: Optional[RAMBlock] = None
+        self._bitmaps_wanted: set[str] = set()
+        self.resume_count = 0
+        self.release_ram = bool(self.caps.get("release-ram"))
+        self._to_release: list[tuple[RAMBlock, np.ndarray]] = []
+
+    # ------------------------------------------------------------ setup
+    def setup(self, now: float) -> list:
+        out = super().setup(now)
+        if out and self.postcopy_ram:
+            # after header, configuration, OPEN_RETURN_PATH and its PING
+            out.insert(4, self.advise())
+        return out
+
+    def advise(self) -> bytes:
+        summary = 0
+        for b in self.guest.blocks.values():
+            summary |= b.page_size
+        return self.enc.command("POSTCOPY_ADVISE",
+                                struct.pack(">QQ", summary, self.page_size))
+
+    # ------------------------------------------------------------ switching
+    def poll(self, now: float):  # type: ignore[override]
+        if (self.start_postcopy and self.postcopy_ram and not self.in_postcopy
+                and self.state == self.st.active):
+            if not (self.passes_done >= 1 and self.remaining_bytes() <= self.threshold):
+                return StartPostcopy()
+        return super().poll(now)
+
+    def postcopy_start(self) -> bool:
+        """active -> postcopy-active, or -> pre-switchover with
+        pause-before-switchover (returns True: wait for migrate-continue).
+        False (and no change) if the state moved on (a cancel)."""
+        if self.caps.get("pause-before-switchover"):
+            self.cell.fire(SROW["pre_switchover"])
+            return True
+        ok = self.cell.fire(SROW["switch"])
+        self.in_postcopy = ok
+        return False
+
+    def postcopy_continue(self) -> bool:
+        """migrate-continue after pre-switchover: -> postcopy-active."""
+        ok = self.cell.fire(SROW["continue"])
+        self.in_postcopy = ok
+        return ok
+
+    def package(self, now: float) -> list:
+        """With the vCPU stopped: PING 2, discards, PACKAGED + blob, PING 4."""
+        self.stop_time = now
+        self.guest.sync_dirty_log(self.bitmaps)
+        self.stats.dirty_sync_count += 1
+        if self.on_pass is not None:
+            self.on_pass(self.stats.dirty_sync_count)
+        enc, w = self.enc, self.w
+        c = self.profile.wire.const
+        out: list = [enc.command("PING", struct.pack(">I", c("PING_BEFORE_PACKAGE")))]
+        out += self.discard_commands()
+        runstate = self.guest.run_state_before_stop.encode()
+        device = self.guest.save_device_state()
+        blob = b"".join([
+            enc.command("POSTCOPY_LISTEN"),
+            enc.section_start(self._sid_global, GLOBALSTATE_SECTION, 0, 1, full=True),
+            struct.pack(">I", len(runstate)), runstate, enc.footer(self._sid_global),
+            enc.section_start(self._sid_device, DEVICE_SECTION, 0, 1, full=True),
+            struct.pack(">I", len(device)), device, enc.footer(self._sid_device),
+            enc.command("PING", struct.pack(">I", c("PING_IN_PACKAGE"))),
+            enc.command("POSTCOPY_RUN"),
+        ])
+        out.append(enc.command("PACKAGED", struct.pack(">I", len(blob))))
+        out.append(blob)
+        out.append(enc.command("PING", struct.pack(">I", c("PING_AFTER_PACKAGE"))))
+        self._pass = []
+        self._pass_pos = 0
+        self._start_postcopy_pass()
+        del w
+        return out
+
+    def discard_commands(self) -> list[bytes]:
+        """POSTCOPY_RAM_DISCARD for every dirty run, byte ranges, <= 12 per command."""
+        c = self.profile.wire.const
+        per = c("MAX_DISCARDS_PER_COMMAND")
+        version = c("POSTCOPY_RAM_DISCARD_VERSION")
+        out: list[bytes] = []
+        for name, bm in self.bitmaps.items():
+            runs = _runs(bm)
+            raw = name.encode()
+            for i in range(0, len(runs), per):
+                body = b"".join(struct.pack(">QQ", a * self.page_size, n * self.page_size)
+                                for a, n in runs[i:i + per])
+                out.append(self.enc.command(
+                    "POSTCOPY_RAM_DISCARD",
+                    bytes([version, len(raw)]) + raw + b"\0" + body))
+        return out
+
+    def _start_postcopy_pass(self) -> None:
+        self._pass = [(self.guest.blocks[name], np.flatnonzero(bm))
+                      for name, bm in self.bitmaps.items() if bm.any()]
+        self._pass_pos = 0
+
+    # ------------------------------------------------------------ postcopy pages
+    def poll_postcopy(self, now: float):
+        """Requested pages first, then background pages; PostcopyDone at the end."""
+        if self.state != self.pst.active:
+            return Idle()
+        self.release_sent()
+        with self._req_lock:
+            requests, self._requests = self._requests, []
+        body: list = []
+        sent_any = False
+        self.enc.reset_continue()
+        for block, first, count in requests:
+            idx = np.arange(first, first + count)
+            bm = self.bitmaps[block.name]
+            idx = idx[bm[idx]]
+            if idx.size == 0:
+                continue  # already sent (maybe in flight): QEMU skips a clean page
+            bm[idx] = False
+            part, _extra = self._encode(block, idx, bulk=False)
+            body += part
+            sent_any = True
+            if self.release_ram:
+                self._to_release.append((block, idx))
+        if not sent_any:
+            chunk = self._next_chunk(MAX_CHUNK_PAGES)
+            if chunk is None:
+                self._start_postcopy_pass()  # pages re-dirtied by a resume
+                chunk = self._next_chunk(MAX_CHUNK_PAGES)
+                if chunk is None:
+                    return PostcopyDone()
+            block, idx = chunk
+            part, _extra = self._encode(block, idx, bulk=False)
+            body += part
+            if self.release_ram:
+                self._to_release.append((block, idx))
+        return Send([self.enc.section_part(self._ram_sid)] + body
+                    + [self.enc.eos(), self.enc.footer(self._ram_sid)])
+
+    def release_sent(self) -> None:
+        """release-ram: pages sent in postcopy are freed on the source (their
+        buffers were written by the time the next poll runs)."""
+        for block, idx in self._to_release:
+            block.pages[idx] = 0
+        self._to_release.clear()
+
+    def sent(self, nbytes: int, now: float, *, multifd: int = 0) -> None:
+        super().sent(nbytes, now, multifd=multifd)
+        if self.in_postcopy:
+            self.postcopy_bytes += nbytes + multifd
+
+    def postcopy_complete(self, now: float) -> list:
+        """The ram END section and EOF (qemu_savevm_state_complete_postcopy)."""
+        self.release_sent()
+        enc = self.enc
+        return [enc.section_part(self._ram_sid, end=True), enc.eos(),
+                enc.footer(self._ram_sid), enc.eof()]
+
+    def completed(self, now: float) -> bool:
+        ok = self.cell.fire(SROW["completed"])
+        if ok:
+            self._finish_times(now)
+        return ok
+
+    # ------------------------------------------------------------ return path
+    def receive_rp(self, data: bytes) -> list:  # type: ignore[override]
+        """Return-path bytes: PONG, SHUT, page requests, bitmaps, RESUME_ACK.
+        Raises ReturnPathError with QEMU's text on a bad message."""
+        out = self.rp_decoder.feed(data)
+        for m in out:
+            if isinstance(m, ReceivedBitmap):
+                self._reload_bitmap(m)
+                continue
+            if m.name == "PONG":
+                self.pongs.append(int(m.value or 0))
+            elif m.name == "SHUT":
+                self.shut = int(m.value or 0)
+                if self.shut:
+                    raise ReturnPathError(self.w.error("rp_sibling_error", self.shut))
+            elif m.name in ("REQ_PAGES", "REQ_PAGES_ID"):
+                self._queue_request(m)
+            elif m.name == "RESUME_ACK":
+                if m.value != self.w.resume_ack_value:
+                    raise ReturnPathError(self.w.error("rp_resume_ack_value", m.value))
+                self.cell.fire(SROW["resume_ack"])
+        return out
+
+    def _queue_request(self, m: RPMessage) -> None:
+        if m.name == "REQ_PAGES_ID":
+            block = self.guest.blocks.get(m.block or "")
+            if block is None:
+                raise ReturnPathError(self.w.error("rp_unknown_block", m.block))
+            self._last_req_block = block
+        block = self._last_req_block
+        if block is None:
+            raise ReturnPathError(self.w.error("rp_unknown_block", ""))
+        start, length = int(m.start or 0), int(m.length or 0)
+        host = block.page_size
+        if start % host or length % host:
+            raise ReturnPathError(self.w.error("rp_misaligned", start, length))
+        if start + length > block.used_length:
+            raise ReturnPathError(self.w.error("rp_request_overrun", start, length,
+                                               block.used_length))
+        self.postcopy_requests += 1
+        with self._req_lock:
+            self._requests.append((block, start // self.page_size, length // self.page_size))
+
+    # ------------------------------------------------------------ pause / resume
+    def postcopy_pause(self, message: str) -> bool:
+        """A broken channel in postcopy-active or -recover: -> postcopy-paused."""
+        self.error_desc = message
+        with self._req_lock:
+            self._requests.clear()  # the destination re-sends them after RESUME
+        self._last_req_block = None
+        self.rp_decoder = PostcopyRPDecoder(self.profile)
+        return self.cell.fire(SROW["pause"])
+
+    def resume_connected(self) -> bool:
+        """migrate resume=true connected: postcopy-paused -> postcopy-recover."""
+        return self.cell.fire(SROW["resume"])
+
+    def resume_prepare(self) -> list[bytes]:
+        """RECV_BITMAP for every block (ram_dirty_bitmap_sync_all)."""
+        self._bitmaps_wanted = set(self.guest.blocks)
+        out = []
+        for name in self.guest.blocks:
+            raw = name.encode()
+            out.append(self.enc.command("RECV_BITMAP", bytes([len(raw)]) + raw + b"\0"))
+        return out
+
+    @property
+    def bitmaps_reloaded(self) -> bool:
+        return not self._bitmaps_wanted
+
+    def _reload_bitmap(self, m: ReceivedBitmap) -> None:
+        if self.state != self.pst.recover:
+            raise ReturnPathError(self.w.error("rp_recv_bitmap_not_recovering"))
+        block = self.guest.blocks.get(m.block)
+        if block is None:
+            raise ReturnPathError(self.w.error("rp_unknown_block", m.block))
+        expected = _bitmap_size(block.npages)
+        if m.size != expected:
+            raise ReturnPathError(self.w.error("rp_bitmap_size_mismatch", m.block, m.size,
+                                               expected))
+        if m.end_mark != self.w.recv_bitmap_ending:
+            raise ReturnPathError(self.w.error("rp_bitmap_end_mark", m.block, m.end_mark))
+        received = decode_received_bitmap(m.raw, block.npages)
+        self.bitmaps[m.block][:] = ~received
+        self._bitmaps_wanted.discard(m.block)
+
+    def resume_command(self) -> bytes:
+        """POSTCOPY_RESUME, once every bitmap is back; the pass restarts."""
+        self._start_postcopy_pass()
+        self.resume_count += 1
+        return self.enc.command("POSTCOPY_RESUME")
+
+
+# =============================================================== destination
+class PostcopyStreamDecoder(StreamDecoder):
+    """The stream decoder with postcopy placement: a *received* bitmap per
+    block (set only after the bytes are in place) and, once ``placing``, no
+    second write of a received page."""
+
+    def __init__(self, *a: Any, **kw: Any) -> None:
+        super().__init__(*a, **kw)
+        self.received: Optional[dict[str, np.ndarray]] = None
+        self.placing = False
+        self.on_placed: Optional[Callable[[RAMBlock, np.ndarray], None]] = None
+
+    def _placed(self, block: RAMBlock, idx: np.ndarray) -> None:
+        self.received[block.name][idx] = True  # type: ignore[index]
+        self._touched[block.name][idx] = True
+        if self.on_placed is not None:
+            self.on_placed(block, idx)
+
+    def _page_run(self, block: RAMBlock) -> bool:
+        if self.received is None:
+            return super()._page_run(block)
+        size = self._page_dtype.itemsize
+        count = (self._end - self._start) // size
+        if count == 0:
+            return False
+        rec = np.frombuffer(self._buf, dtype=self._page_dtype, count=count, offset=self._start)
+        hdr = rec["hdr"]
+        stop = np.flatnonzero((hdr & np.uint64(self._mask)) != self._pagec)
+        if stop.size:
+            count = int(stop[0])
+            rec, hdr = rec[:count], hdr[:count]
+        addr = hdr & np.uint64(~self._mask & 0xFFFFFFFFFFFFFFFF)
+        over = np.flatnonzero(addr >= block.used_length)
+        if over.size:
+            raise self._fail("ram_bad_offset", int(addr[int(over[0])]))
+        idx = (addr // np.uint64(self.page_size)).astype(np.intp)
+        data = rec["data"]
+        if self.placing:
+            fresh = ~self.received[block.name][idx]  # type: ignore[index]
+            idx, data = idx[fresh], data[fresh]
+        if idx.size:
+            block.pages[idx] = data
+            self._placed(block, idx)
+        self.counters.normal += count
+        self._start += count * size
+        return True
+
+    def _zero_run(self, block: RAMBlock) -> bool:
+        if self.received is None:
+            return super()._zero_run(block)
+        size = self._zero_dtype.itemsize
+        count = (self._end - self._start) // size
+        if count == 0:
+            return False
+        rec = np.frombuffer(self._buf, dtype=self._zero_dtype, count=count, offset=self._start)
+        hdr = rec["hdr"]
+        stop = np.flatnonzero((hdr & np.uint64(self._mask)) != self._zeroc)
+        if stop.size:
+            count = int(stop[0])
+            rec, hdr = rec[:count], hdr[:count]
+        addr = hdr & np.uint64(~self._mask & 0xFFFFFFFFFFFFFFFF)
+        over = np.flatnonzero(addr >= block.used_length)
+        if over.size:
+            raise self._fail("ram_bad_offset", int(addr[int(over[0])]))
+        idx = (addr // np.uint64(self.page_size)).astype(np.intp)
+        fill = rec["fill"]
+        if self.placing:
+            fresh = ~self.received[block.name][idx]  # type: ignore[index]
+            idx, fill = idx[fresh], fill[fresh]
+        if idx.size:
+            block.pages[idx] = fill[:, None]
+            self._placed(block, idx)
+        self.counters.duplicate += count
+        self._start += count * size
+        return True
+
+    def _one_record(self, hdr: int, events: list[Event]) -> None:
+        if self.received is None:
+            return super()._one_record(hdr, events)
+        w = self.w
+        flags = hdr & self._mask
+        kind = flags & ~w.f_continue
+        if kind not in (w.f_page, w.f_zero):
+            # Other records (EOS, setup, XBZRLE, compressed): the precopy path,
+            # then mark the page received if one was written.
+            super()._one_record(hdr, events)
+            if kind in (w.f_xbzrle, w.f_compress) and self._last_block is not None:
+                page = (hdr & ~self._mask) // self.page_size
+                self._placed(self._last_block, np.array([page]))
+            return
+        pos = self._start + 8
+        block, pos = self._block_for(flags, pos)
+        addr = hdr & ~self._mask
+        if kind == w.f_zero:
+            fill, pos = self._u8(pos)
+            payload = None
+        else:
+            self._take(pos, self.page_size)
+            payload = self._buf[pos:pos + self.page_size]
+            pos += self.page_size
+        self._check_offset(block, addr)
+        page = addr // self.page_size
+        if not (self.placing and self.received[block.name][page]):  # type: ignore[index]
+            block.pages[page] = fill if payload is None else payload
+            self._placed(block, np.array([page]))
+        if payload is None:
+            self.counters.duplicate += 1
+        else:
+            self.counters.normal += 1
+        self._last_block = block
+        self._start = pos
+
+
+class PostcopyDestination(DestinationMigration):
+    """An incoming migration that accepts postcopy, faults, pauses and recovers."""
+
+    def __init__(self, profile: Profile, guest: Guest, cell: StatusCell, *,
+                 caps: dict[str, bool], clock: Callable[[], float] = time.monotonic,
+                 **kw: Any) -> None:
+        super().__init__(profile, guest, cell, caps=caps, **kw)
+        old = self.decoder
+        self.decoder = PostcopyStreamDecoder(profile, guest.blocks, machine=old.machine,
+                                             uuid=old.uuid, caps=caps)
+        self.decoder._touched = old._touched
+        self.pc = PostcopyCell(profile)
+        self.pst = postcopy_statuses(profile)
+        self._clock = clock
+        handler = profile.postcopy_handler
+        self._ps_running = handler("run").new
+        self.received = {name: np.zeros(b.npages, dtype=bool) for name, b in guest.blocks.items()}
+        self._cond = threading.Condition()
+        self._req_time: dict[str, dict[int, float]] = {name: {} for name in guest.blocks}
+        self._req_mask = {name: np.zeros(b.npages, dtype=bool) for name, b in guest.blocks.items()}
+        self._last_req_block: Optional[str] = None
+        self.latency = LatencyHistogram()
+        self.postcopy_requests = 0
+        self.run_requested = False
+        self.listening_started = False
+        self.package_remaining: Optional[int] = None
+        self.on_rp_data: Optional[Callable[[], None]] = None
+        self.closed = False
+        self.warning: Optional[str] = None
+        self._rp_lock = threading.Lock()
+
+    # ------------------------------------------------------------ lifecycle
+    def accepted(self) -> bool:
+        self.pc.handle("incoming_start")
+        return super().accepted()
+
+    def data_to_send(self) -> bytes:
+        with self._rp_lock:
+            return super().data_to_send()
+
+    def _queue_rp(self, data: bytes) -> None:
+        with self._rp_lock:
+            self._rp_out += data
+        if self.on_rp_data is not None:
+            self.on_rp_data()
+
+    @property
+    def in_postcopy(self) -> bool:
+        return self.listening_started
+
+    # ------------------------------------------------------------ commands
+    def _handle(self, events: list[Event]) -> list[Event]:
+        for ev in events:
+            if isinstance(ev, CommandReceived) and ev.name in _DST_COMMANDS:
+                getattr(self, "_cmd_" + ev.name.lower())(ev.payload)
+            elif isinstance(ev, DeviceState) and self.listening_started:
+                self.device_state = ev.blob
+            elif isinstance(ev, EndOfStream):
+                self.finished = True
+            else:
+                with self._rp_lock:
+                    super()._handle([ev])
+        return events
+
+    def _cmd_postcopy_advise(self, payload: bytes) -> None:
+        self.pc.handle("advise")
+        w = self.decoder.w
+        postcopy_ram = bool(self.caps.get("postcopy-ram"))
+        if len(payload) == 0:
+            if postcopy_ram:
+                raise StreamError(w.error("advise_zero_with_postcopy"))
+            return
+        if len(payload) != 16:
+            raise StreamError(w.error("advise_bad_length", len(payload)))
+        if not postcopy_ram:
+            raise StreamError(w.error("advise_16_without_postcopy"))
+        summary, target = struct.unpack(">QQ", payload)
+        local = 0
+        for b in self.guest.blocks.values():
+            local |= b.page_size
+        if summary != local:
+            raise StreamError(w.error("advise_page_sizes", summary, local))
+        if target != w.page_size:
+            raise StreamError(w.error("advise_target_page_sizes", target, w.page_size))
+        self.decoder.received = self.received
+        self.decoder.on_placed = self._on_placed
+
+    def _cmd_postcopy_ram_discard(self, payload: bytes) -> None:
+        w = self.decoder.w
+        self.pc.handle("discard")
+        if len(payload) < 2:
+            raise StreamError(w.error("discard_bad_length", len(payload)))
+        version = payload[0]
+        if version != self.profile.wire.const("POSTCOPY_RAM_DISCARD_VERSION"):
+            raise StreamError(w.error("discard_bad_version", version))
+        n = payload[1]
+        name = payload[2:2 + n].decode(errors="replace")
+        if len(payload) < 2 + n + 1:
+            raise StreamError(w.error("discard_bad_block_id"))
+        nil = payload[2 + n]
+        if nil:
+            raise StreamError(w.error("discard_missing_nil", nil))
+        body = payload[3 + n:]
+        if len(body) % 16:
+            raise StreamError(w.error("discard_bad_length", len(payload)))
+        block = self.guest.blocks.get(name)
+        if block is None:
+            raise StreamError(w.error("ram_unknown_block", name))
+        ranges = np.frombuffer(body, dtype=">u8").reshape(-1, 2)
+        ps = self.decoder.page_size
+        with self._cond:
+            for start, length in ranges.tolist():
+                if start % ps or length % ps or start + length > block.used_length:
+                    raise StreamError(w.error("ram_bad_offset", start))
+                a, b = start // ps, (start + length) // ps
+                block.pages[a:b] = 0
+                self.received[name][a:b] = False
+
+    def _cmd_postcopy_listen(self, payload: bytes) -> None:
+        self.pc.handle("listen")
+        self.decoder.placing = True
+        self.listening_started = True
+        self.cell.fire(DROW["listen"])
+
+    def _cmd_postcopy_run(self, payload: bytes) -> None:
+        self.pc.handle("run")
+        if self.device_state is not None:
+            self.guest.load_device_state(self.device_state)
+        self.run_requested = True
+
+    def _cmd_packaged(self, payload: bytes) -> None:
+        # The blob follows in the stream: the decoder reads it in line.
+        self.package_remaining = struct.unpack(">I", payload)[0]
+
+    def _cmd_postcopy_resume(self, payload: bytes) -> None:
+        if self.cell.state != self.pst.recover:
+            # QEMU only reports it and carries on.
+            self.warning = self.decoder.w.error("resume_illegal", "loadvm_postcopy_handle_resume")
+            return
+        self._last_req_block = None
+        self.cell.fire(DROW["resume"])
+        data = encode_u32(self.profile, "RESUME_ACK", self.decoder.w.resume_ack_value)
+        data += self._pending_requests()
+        self._queue_rp(data)
+
+    def _cmd_recv_bitmap(self, payload: bytes) -> None:
+        w = self.decoder.w
+        n = payload[0] if payload else 0
+        name = payload[1:1 + n].decode(errors="replace")
+        block = self.guest.blocks.get(name)
+        if block is None:
+            raise StreamError(w.error("ram_unknown_block", name))
+        if self.cell.state != self.pst.recover:
+            raise StreamError(w.error("rp_recv_bitmap_not_recovering"))
+        with self._cond:
+            bitmap = encode_received_bitmap(self.received[name])
+        raw = name.encode()
+        data = (encode_rp(self.profile, "RECV_BITMAP", bytes([len(raw)]) + raw)
+                + struct.pack(">Q", len(bitmap)) + bitmap
+                + struct.pack(">Q", w.recv_bitmap_ending))
+        self._queue_rp(data)
+
+    # ------------------------------------------------------------ faults
+    def _request_bytes(self, name: str, first: int, count: int) -> bytes:
+        ps = self.decoder.page_size
+        if name != self._last_req_block:
+            self._last_req_block = name
+            raw = name.encode()
+            return encode_rp(self.profile, "REQ_PAGES_ID",
+                             struct.pack(">QIB", first * ps, count * ps, len(raw)) + raw)
+        return encode_rp(self.profile, "REQ_PAGES", struct.pack(">QI", first * ps, count * ps))
+
+    def _pending_requests(self) -> bytes:
+        out = b""
+        with self._cond:
+            for name, mask in self._req_mask.items():
+                for first, count in _runs(mask & ~self.received[name]):
+                    out += self._request_bytes(name, first, count)
+        return out
+
+    def fault(self, block_name: str, first: int, last: int,
+              timeout: Optional[float] = None) -> bool:
+        """The vCPU touches pages [first, last) of ``block_name``: request the
+        missing ones and wait until they are placed.  False on timeout or
+        close (the vCPU must not touch the pages then)."""
+        received = self.received[block_name]
+        if received[first:last].all():
+            return True
+        with self._cond:
+            missing = ~received[first:last]
+            if not missing.any():
+                return True
+            mask = self._req_mask[block_name]
+            new = missing & ~mask[first:last]
+            data = b""
+            if new.any():
+                now = self._clock()
+                times = self._req_time[block_name]
+                for a, n in _runs(new):
+                    a += first
+                    mask[a:a + n] = True
+                    for p in range(a, a + n):
+                        times[p] = now
+                    # A paused channel holds them: re-sent after RESUME.
+                    if self.cell.state == self.pst.active:
+                        data += self._request_bytes(block_name, a, n)
+                    self.postcopy_requests += 1
+            if data:
+                with self._rp_lock:
+                    self._rp_out += data
+        if data and self.on_rp_data is not None:
+            self.on_rp_data()
+        with self._cond:
+            self._cond.wait_for(lambda: self.closed or bool(received[first:last].all()),
+                                timeout)
+            return bool(received[first:last].all())
+
+    def _on_placed(self, block: RAMBlock, idx: np.ndarray) -> None:
+        mask = self._req_mask[block.name]
+        hit = idx[mask[idx]]
+        if hit.size == 0:
+            with self._cond:
+                self._cond.notify_all()
+            return
+        now = self._clock()
+        times = self._req_time[block.name]
+        with self._cond:
+            mask[hit] = False
+            for p in hit.tolist():
+                t = times.pop(p, None)
+                if t is not None:
+                    self.latency.add(now - t)
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        """Release every vCPU waiting in :meth:`fault` (shutdown)."""
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+
+    # ------------------------------------------------------------ ending
+    def load_finished(self) -> bool:
+        """EOF: in postcopy the listen thread ends (END, -> completed)."""
+        if not self.listening_started:
+            return super().load_finished()
+        self.pc.handle("end")
+        ok = self.cell.fire(DROW["listen_completed"])
+        if self.return_path:
+            self._queue_rp(encode_u32(self.profile, "SHUT", 0))
+        return ok
+
+    def load_failed(self, message: str) -> bool:
+        """A load error: pause when PostcopyState is RUNNING (and postcopy-ram),
+        fail the listen thread after LISTEN, else the precopy failure."""
+        if not self.listening_started:
+            return super().load_failed(message)
+        if self.pc.state == self._ps_running and self.caps.get("postcopy-ram"):
+            return self.pause(message)
+        self.error_desc = f"load of migration failed: {message}"
+        return self.cell.fire(DROW["listen_failed"])
+
+    @property
+    def can_pause(self) -> bool:
+        return self.pc.state == self._ps_running and bool(self.caps.get("postcopy-ram"))
+
+    def pause(self, message: str) -> bool:
+        """postcopy_pause_incoming: postcopy-active -> postcopy-paused."""
+        self.error_desc = message
+        ok = self.cell.fire(DROW["pause"])
+        with self._rp_lock:
+            self._rp_out.clear()
+        return ok
+
+    def recover_listening(self) -> None:
+        """migrate-recover: the setup event, no state change."""
+        self.cell.emit(DROW["setup_event"])
+
+    def recover_accepted(self) -> bool:
+        """The new main channel: postcopy-paused -> postcopy-recover; the
+        stream continues where it stopped (no header), with a fresh decoder."""
+        old = self.decoder
+        dec = PostcopyStreamDecoder(self.profile, self.guest.blocks, machine=old.machine,
+                                    uuid=old.uuid, caps=self.caps, expect_header=False)
+        dec._touched = old._touched
+        dec._sections = dict(old._sections)
+        dec.return_path = True
+        dec.received = self.received
+        dec.placing = True
+        dec.on_placed = self._on_placed
+        dec.counters = old.counters
+        assert dec._state == _S_TOP
+        self.decoder = dec
+        with self._rp_lock:
+            self._rp_out.clear()
+        return self.cell.fire(DROW["recover"])
+
+
+_DST_COMMANDS = frozenset({"POSTCOPY_ADVISE", "POSTCOPY_RAM_DISCARD", "POSTCOPY_LISTEN",
+                           "POSTCOPY_RUN", "PACKAGED", "POSTCOPY_RESUME", "RECV_BITMAP"})
