@@ -22,9 +22,9 @@ bytes (through the decoder's buffer API: :meth:`get_buffer` /
   (``dst.co.failed``); SHUT 1 on a return path.  QEMU then exits; the VM
   process does too.
 
-With multifd, :meth:`wait_multifd_sync` is called by the load thread on
-every EOS of a PART/END section (the decoder reports it) and blocks until
-every channel has applied its pages up to the matching SYNC packet.
+With multifd, the driver's load thread waits on EOF until every channel
+has reached end-of-file with its packets applied (ordering between passes is
+the channels' SYNC barrier, see :mod:`livemig.engine.multifd`).
 """
 from __future__ import annotations
 
@@ -38,8 +38,7 @@ from livemig.engine.returnpath import encode_u32
 from livemig.engine.rows import DESTINATION_ROWS as ROW
 from livemig.engine.source import MACHINE
 from livemig.engine.stream import (
-    CommandReceived, DeviceState, EndOfStream, Event, GlobalState, RAM_SECTION, SectionDone,
-    StreamDecoder,
+    CommandReceived, DeviceState, EndOfStream, Event, GlobalState, RAM_SECTION, StreamDecoder,
 )
 from livemig.errors import StreamError
 from livemig.spec.schema import Profile
@@ -67,8 +66,6 @@ class DestinationMigration:
         self.finished = False
         self.error_desc: Optional[str] = None
         self.multifd: list[MultifdDecoder] = []
-        self.multifd_expected = int(0)
-        self._multifd_syncs = 0
         self.on_section_eos: Optional[Callable[[], None]] = None
 
     # ------------------------------------------------------------ lifecycle
@@ -106,20 +103,9 @@ class DestinationMigration:
                 self.source_runstate = ev.runstate
             elif isinstance(ev, DeviceState):
                 self.device_state = ev.blob
-            elif isinstance(ev, SectionDone) and ev.name == RAM_SECTION:
-                if self.multifd and ev.kind != self.decoder.w.section_start:
-                    self._multifd_syncs += 1
-                    self.wait_multifd_sync(self._multifd_syncs)
             elif isinstance(ev, EndOfStream):
                 self.finished = True
         return events
-
-    def wait_multifd_sync(self, count: int, timeout: float = 120.0) -> None:
-        """Block until every multifd channel has applied ``count`` SYNCs."""
-        for ch in self.multifd:
-            with ch.cond:
-                if not ch.cond.wait_for(lambda: ch.syncs >= count, timeout):
-                    raise StreamError("multifd: channel did not reach sync point")
 
     def data_to_send(self) -> bytes:
         """Return-path bytes to send now."""

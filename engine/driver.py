@@ -27,7 +27,7 @@ from typing import Callable, Optional
 from livemig.engine import multifd as mfd
 from livemig.engine.destination import DestinationMigration
 from livemig.engine.guest import RUN_FINISH_MIGRATE, RUN_PAUSED, RUN_POSTMIGRATE, RUN_RUNNING
-from livemig.engine.multifd import MultifdDecoder
+from livemig.engine.multifd import MultifdDecoder, SyncBarrier
 from livemig.engine.source import Converged, Send, SourceMigration, Wait
 from livemig.engine.stream import buffers_len
 from livemig.engine.transport import Channel, Listener, Uri, connect
@@ -163,6 +163,10 @@ class SourceDriver:
                 sender.join(RP_CLOSE_TIMEOUT)
                 if sender.error is not None:
                     raise sender.error
+                try:  # end-of-file on the channel: the destination's "all applied"
+                    sender.chan.sock.shutdown(socket.SHUT_WR)  # type: ignore[union-attr]
+                except OSError:
+                    pass
             if self._rp_thread is not None:
                 # QEMU waits for the return path to close (the destination's SHUT).
                 if not self._rp_done.wait(RP_CLOSE_TIMEOUT):
@@ -249,6 +253,7 @@ class DestinationDriver:
         self._mf_threads: list[threading.Thread] = []
         self._mf_chans: list[Channel] = []
         self._mf_error: Optional[str] = None
+        self._barrier: Optional[SyncBarrier] = None
         self.thread = threading.Thread(target=self._run, name="livemig-load", daemon=True)
 
     def start(self) -> None:
@@ -283,19 +288,24 @@ class DestinationDriver:
         return main
 
     def _start_multifd(self, chan: Channel) -> None:
-        dec = MultifdDecoder(self.session.profile, self.session.guest.blocks)
+        if self._barrier is None:
+            self._barrier = SyncBarrier(self.multifd_channels)
+        dec = MultifdDecoder(self.session.profile, self.session.guest.blocks, self._barrier)
         self.session.multifd.append(dec)
         self._mf_chans.append(chan)
 
         def loop() -> None:
             try:
                 while True:
-                    data = chan.sock.recv(8 << 20)  # type: ignore[union-attr]
-                    if not data:
+                    buf = dec.get_buffer(RECV_CHUNK)[:RECV_CHUNK]
+                    n = chan.recv_into(buf)
+                    if not n:
                         return
-                    dec.feed(data)
+                    dec.buffer_updated(n)
             except (OSError, StreamError) as exc:
                 self._mf_error = exc.message if isinstance(exc, StreamError) else _os_text(exc)
+                if self._barrier is not None:
+                    self._barrier.break_()
                 if self.chan is not None:
                     self.chan.shutdown()
 
@@ -328,6 +338,12 @@ class DestinationDriver:
                 rp = s.data_to_send()
                 if rp and chan.bidirectional:
                     chan.send_buffers([rp])
+            for t in self._mf_threads:  # every channel at EOF: all pages applied
+                t.join(RP_CLOSE_TIMEOUT)
+                if t.is_alive():
+                    raise StreamError("multifd: channel did not finish")
+            if self._mf_error:
+                raise StreamError(self._mf_error)
             s.load_finished()
             rp = s.data_to_send()
             if rp and chan.bidirectional:

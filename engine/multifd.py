@@ -16,10 +16,14 @@ Packet::
     u8 idlen | idstr (RAM block) | npages x be64 page offset (bytes) |
     npages x page data
 
-A SYNC packet has no pages.  Before every EOS of a ``ram`` PART/END section
-the source puts one SYNC packet on every channel; the destination's main
-loader, on that EOS, waits until every channel has applied all packets up to
-its SYNC (QEMU's multifd_send_sync_main / multifd_recv_sync_main), so RAM is
+A SYNC packet has no pages.  When a new dirty-bitmap pass begins, the
+source puts one SYNC packet on every channel before that pass's pages; a
+destination channel that reads a SYNC waits at a barrier until every channel
+has read its SYNC (QEMU's multifd_send_sync_main / the receive threads'
+sem_sync), so a page re-sent in a later pass on another channel can never be
+overtaken by its older copy.  At the end of the stream the source shuts the
+channels' write side; the destination's main loader, on EOF, waits until
+every channel has reached end-of-file with all packets applied, so RAM is
 complete when the main stream says it is.  Zero pages stay on the main
 channel as ZERO records.
 """
@@ -49,65 +53,127 @@ def sync_packet(number: int) -> bytes:
     return _HDR.pack(FLAG_SYNC, 0, number, 0)
 
 
+PACKET_PAGES = 128  # pages per packet: the receiver's working set stays in cache
+
+
 def page_packet(block: RAMBlock, idx: np.ndarray, data: np.ndarray, number: int,
                 page_size: int) -> list:
+    """Buffers of packets carrying ``idx`` (pages of ``block``) with ``data``."""
     name = block.name.encode()
-    head = _HDR.pack(0, len(idx), number, len(name)) + name
     offsets = (idx.astype(np.uint64) * np.uint64(page_size)).astype(">u8")
-    return [head, offsets, np.ascontiguousarray(data)]
+    data = np.ascontiguousarray(data)
+    out: list = []
+    for a in range(0, len(idx), PACKET_PAGES):
+        b = min(a + PACKET_PAGES, len(idx))
+        out += [_HDR.pack(0, b - a, number, len(name)) + name, offsets[a:b], data[a:b]]
+    return out
 
 
 class MultifdDecoder:
     """One destination multifd channel: parses hello and packets, writes pages."""
 
-    def __init__(self, profile: Profile, blocks: dict[str, RAMBlock]) -> None:
+    def __init__(self, profile: Profile, blocks: dict[str, RAMBlock],
+                 barrier: Optional["SyncBarrier"] = None) -> None:
+        self.barrier = barrier
         self.w = wire_tables(profile)
         self.blocks = blocks
         self.page_size = self.w.page_size
-        self._buf = bytearray()
+        self._buf = np.empty(2 << 20, dtype=np.uint8)
+        self._start = 0
+        self._end = 0
         self.channel: Optional[int] = None
         self.syncs = 0
         self.pages = 0
         self.cond = threading.Condition()
 
+    def get_buffer(self, want: int = 512 << 10) -> memoryview:
+        """Writable memory for the next ``recv_into``."""
+        pending = self._end - self._start
+        if self._start and pending <= (64 << 10) or len(self._buf) - self._end < want:
+            if len(self._buf) - pending < want:
+                bigger = np.empty(max(2 * len(self._buf), pending + want), dtype=np.uint8)
+                bigger[:pending] = self._buf[self._start:self._end]
+                self._buf = bigger
+            else:
+                self._buf[:pending] = self._buf[self._start:self._end].copy()
+            self._start, self._end = 0, pending
+        return memoryview(self._buf)[self._end:]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._end += nbytes
+        self._parse()
+
     def feed(self, data: bytes) -> None:
-        self._buf += data
+        mv = memoryview(data).cast("B")
+        while len(mv):
+            buf = self.get_buffer(len(mv))
+            n = min(len(buf), len(mv))
+            buf[:n] = mv[:n]
+            mv = mv[n:]
+            self.buffer_updated(n)
+
+    def _parse(self) -> None:
         buf = self._buf
-        pos = 0
+        pos = self._start
+        end = self._end
         if self.channel is None:
-            if len(buf) < 9:
+            if end - pos < 9:
                 return
-            magic, version, ch = struct.unpack_from(">IIB", buf, 0)
+            magic, version, ch = struct.unpack_from(">IIB", buf, pos)
             if magic != self.w.multifd_magic or version != self.w.multifd_version:
                 raise StreamError(self.w.error("not_a_stream"))
             self.channel = ch
-            pos = 9
-        while len(buf) - pos >= _HDR.size:
+            pos += 9
+        while end - pos >= _HDR.size:
             flags, npages, _number, idlen = _HDR.unpack_from(buf, pos)
             need = _HDR.size + idlen + npages * (8 + self.page_size)
-            if len(buf) - pos < need:
+            if end - pos < need:
                 break
             p = pos + _HDR.size
             if npages:
-                name = bytes(buf[p:p + idlen]).decode(errors="replace")
+                name = buf[p:p + idlen].tobytes().decode(errors="replace")
                 block = self.blocks.get(name)
                 if block is None:
                     raise StreamError(self.w.error("ram_unknown_block", name))
                 p += idlen
                 offsets = np.frombuffer(buf, ">u8", npages, p).astype(np.uint64)
                 p += 8 * npages
-                if (offsets >= block.used_length).any() or (offsets % self.page_size).any():
-                    bad = int(offsets[(offsets >= block.used_length)
-                                      | (offsets % self.page_size != 0)][0])
-                    raise StreamError(self.w.error("ram_bad_offset", bad))
-                data = np.frombuffer(buf, np.uint8, npages * self.page_size, p)
+                bad = (offsets >= block.used_length) | (offsets % self.page_size != 0)
+                if bad.any():
+                    raise StreamError(self.w.error("ram_bad_offset", int(offsets[bad][0])))
                 block.pages[(offsets // np.uint64(self.page_size)).astype(np.intp)] = \
-                    data.reshape(npages, self.page_size)
-                del data  # release the view before the buffer is trimmed
+                    buf[p:p + npages * self.page_size].reshape(npages, self.page_size)
                 self.pages += npages
             pos += need
+            self._start = pos
             if flags & FLAG_SYNC:
                 with self.cond:
                     self.syncs += 1
                     self.cond.notify_all()
-        del buf[:pos]
+                if self.barrier is not None:
+                    self.barrier.arrive(self.syncs)
+        self._start = pos
+
+
+class SyncBarrier:
+    """All ``n`` channels meet at their k-th SYNC before any goes on."""
+
+    def __init__(self, n: int, timeout: float = 120.0) -> None:
+        self.n = n
+        self.timeout = timeout
+        self._counts: dict[int, int] = {}
+        self._cond = threading.Condition()
+        self.broken = False
+
+    def arrive(self, k: int) -> None:
+        with self._cond:
+            self._counts[k] = self._counts.get(k, 0) + 1
+            self._cond.notify_all()
+            if not self._cond.wait_for(
+                    lambda: self.broken or self._counts.get(k, 0) >= self.n, self.timeout):
+                raise StreamError("multifd: channels did not meet at a sync point")
+
+    def break_(self) -> None:
+        with self._cond:
+            self.broken = True
+            self._cond.notify_all()

@@ -74,7 +74,7 @@ from livemig.core.cell import PostcopyCell, StatusCell
 from livemig.engine.destination import DestinationMigration
 from livemig.engine.guest import Guest, RAMBlock
 from livemig.engine.returnpath import ReturnPathDecoder, RPMessage, encode_rp, encode_u32
-from livemig.engine.source import MAX_CHUNK_PAGES, Send, SourceMigration
+from livemig.engine.source import BUFFER_DELAY, Send, SourceMigration, Wait
 from livemig.engine.stream import (
     DEVICE_SECTION, GLOBALSTATE_SECTION, CommandReceived, DeviceState, EndOfStream, Event,
     StreamDecoder, _S_TOP,
@@ -88,6 +88,7 @@ POSTCOPY_SOURCE_ROWS = {
     "pre_switchover": "src.postcopy_start.pre_switchover",
     "continue": "src.postcopy_start.continue",
     "start_failed": "src.postcopy_start.fail",
+    "start_stream_error": "src.postcopy_start.stream_error",
     "pause": "src.postcopy_pause",
     "resume": "src.fd_connect.resume",
     "resume_ack": "src.rp.resume_ack",
@@ -268,6 +269,11 @@ class PostcopySource(SourceMigration):
         self.rp_decoder = PostcopyRPDecoder(profile)
         self.start_postcopy = False
         self.in_postcopy = False
+        #: background pages per write in postcopy: small, so that a page
+        #: request never waits behind a long write
+        self.postcopy_chunk = 128
+        self._pc_window_start = 0.0
+        self._pc_window_bytes = 0
         self.postcopy_requests = 0
         self.postcopy_bytes = 0
         self._requests: list[tuple[RAMBlock, int, int]] = []  # (block, first page, count)
@@ -395,10 +401,13 @@ class PostcopySource(SourceMigration):
             if self.release_ram:
                 self._to_release.append((block, idx))
         if not sent_any:
-            chunk = self._next_chunk(MAX_CHUNK_PAGES)
+            wait = self._postcopy_rate_wait(now)
+            if wait is not None:
+                return wait
+            chunk = self._next_chunk(self.postcopy_chunk)
             if chunk is None:
                 self._start_postcopy_pass()  # pages re-dirtied by a resume
-                chunk = self._next_chunk(MAX_CHUNK_PAGES)
+                chunk = self._next_chunk(self.postcopy_chunk)
                 if chunk is None:
                     return PostcopyDone()
             block, idx = chunk
@@ -408,6 +417,20 @@ class PostcopySource(SourceMigration):
                 self._to_release.append((block, idx))
         return Send([self.enc.section_part(self._ram_sid)] + body
                     + [self.enc.eos(), self.enc.footer(self._ram_sid)])
+
+    def _postcopy_rate_wait(self, now: float) -> Optional[Wait]:
+        """max-postcopy-bandwidth (0 = unlimited) on background pages; a
+        requested page is never held back."""
+        bw = int(self.params.get("max-postcopy-bandwidth", 0) or 0)
+        if bw <= 0:
+            return None
+        if now - self._pc_window_start >= BUFFER_DELAY:
+            self._pc_window_start = now
+            self._pc_window_bytes = 0
+            return None
+        if self._pc_window_bytes >= bw * BUFFER_DELAY:
+            return Wait(self._pc_window_start + BUFFER_DELAY)
+        return None
 
     def release_sent(self) -> None:
         """release-ram: pages sent in postcopy are freed on the source (their
@@ -420,6 +443,7 @@ class PostcopySource(SourceMigration):
         super().sent(nbytes, now, multifd=multifd)
         if self.in_postcopy:
             self.postcopy_bytes += nbytes + multifd
+            self._pc_window_bytes += nbytes + multifd
 
     def postcopy_complete(self, now: float) -> list:
         """The ram END section and EOF (qemu_savevm_state_complete_postcopy)."""

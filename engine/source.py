@@ -172,6 +172,7 @@ class SourceMigration:
                                  if caps.get("multifd") else 0)
         self._multifd_next = 0
         self._multifd_packet = 0
+        self._pass_changed = False
         self.on_status: Optional[Callable[[str], None]] = None
 
     # ------------------------------------------------------------ lifecycle
@@ -259,6 +260,7 @@ class SourceMigration:
         self._pass = [(self.guest.blocks[name], np.flatnonzero(bm))
                       for name, bm in self.bitmaps.items() if bm.any()]
         self._pass_pos = 0
+        self._pass_changed = True
 
     def _next_chunk(self, max_pages: int) -> Optional[tuple[RAMBlock, np.ndarray]]:
         while self._pass:
@@ -306,21 +308,27 @@ class SourceMigration:
                 return Converged()
         block, idx = chunk
         self.enc.reset_continue()
-        body, extra = self._encode(block, idx, bulk=self.passes_done == 0)
+        extra = self._pass_sync()
+        body, more = self._encode(block, idx, bulk=self.passes_done == 0)
         buffers: list[Buffer] = [self.enc.section_part(self._ram_sid)]
         buffers += body
-        buffers += self._section_end_sync(extra)
         buffers += [self.enc.eos(), self.enc.footer(self._ram_sid)]
-        return Send(buffers, extra=extra)
+        return Send(buffers, extra=extra + more)
 
-    def _section_end_sync(self, extra: list[tuple[int, list[Buffer]]]) -> list[Buffer]:
-        if not self.multifd_channels:
+    def _pass_sync(self) -> list[tuple[int, list[Buffer]]]:
+        """SYNC packets on every multifd channel when a new pass began.
+
+        Within a pass a page is sent once; across passes it may go on two
+        channels, so the destination's channels meet at a barrier on every
+        SYNC and no newer copy can be overtaken by an older one."""
+        if not self.multifd_channels or not self._pass_changed:
             return []
-        # Every channel gets a SYNC packet before the main channel's EOS.
+        self._pass_changed = False
+        out = []
         for ch in range(1, self.multifd_channels + 1):
-            extra.append((ch, [mfd.sync_packet(self._multifd_packet)]))
+            out.append((ch, [mfd.sync_packet(self._multifd_packet)]))
             self._multifd_packet += 1
-        return []
+        return out
 
     def sent(self, nbytes: int, now: float, *, multifd: int = 0) -> None:
         """The driver wrote ``nbytes`` (plus ``multifd`` bytes on extra channels)."""
@@ -484,21 +492,18 @@ class SourceMigration:
         self._pass = [(self.guest.blocks[name], np.flatnonzero(bm))
                       for name, bm in self.bitmaps.items() if bm.any()]
         self._pass_pos = 0
-        first = True
+        self._pass_changed = True
         while True:
             chunk = self._next_chunk(MAX_CHUNK_PAGES)
             if chunk is None:
                 break
             block, idx = chunk
             self.enc.reset_continue()
-            body, extra = self._encode(block, idx, bulk=False)
-            self._section_end_sync(extra)
+            extra = self._pass_sync()
+            body, more = self._encode(block, idx, bulk=False)
             yield Send([self.enc.section_part(self._ram_sid)] + body + [
-                self.enc.eos(), self.enc.footer(self._ram_sid)], extra=extra)
-            first = False
-        del first
+                self.enc.eos(), self.enc.footer(self._ram_sid)], extra=extra + more)
         extra: list[tuple[int, list[Buffer]]] = []
-        self._section_end_sync(extra)
         enc = self.enc
         runstate = self.guest.run_state_before_stop.encode()
         device = self.guest.save_device_state()

@@ -42,6 +42,8 @@ from livemig.engine.driver import DestinationDriver, SourceDriver
 from livemig.engine.guest import (
     Guest, MiB, RUN_INMIGRATE, RUN_PAUSED, RUN_RUNNING,
 )
+from livemig.engine.postcopy import PostcopyDestination, PostcopySource, postcopy_statuses
+from livemig.engine.postcopy_driver import PostcopyDestinationDriver, PostcopySourceDriver
 from livemig.engine.rows import SOURCE_ROWS, statuses
 from livemig.engine.source import SourceMigration
 from livemig.engine.transport import Listener, UriError, parse_uri
@@ -158,6 +160,8 @@ class VM:
         "query-migrate-parameters": "query_migrate_parameters",
         "query-status": "query_status", "stop": "stop", "cont": "cont", "quit": "quit",
         "query-version": "query_version", "query-name": "query_name",
+        "migrate-start-postcopy": "migrate_start_postcopy", "migrate-pause": "migrate_pause",
+        "migrate-recover": "migrate_recover",
         "x-livemig-check-memory": "check_memory",
         "x-livemig-set-workload": "set_workload",
     }
@@ -188,10 +192,17 @@ class VM:
             args = {"uri": uri, "blk": blk, "inc": inc, "detach": detach, "resume": resume}
             check_command(self.profile, "migrate", args, self._env(args))
             if resume:
-                raise CommandError("livemig: postcopy recovery is not implemented yet")
-            session = SourceMigration(self.profile, self.guest, self.src_cell,
-                                      caps=self.caps, params=self.params, uuid=self.uuid,
-                                      on_pass=self._pass_event)
+                try:
+                    parsed = parse_uri(uri)
+                except UriError:
+                    raise CommandError(self.profile.qapi_error("range") % (
+                        "uri", "a valid migration protocol")) from None
+                assert isinstance(self._src_driver, PostcopySourceDriver)
+                self._src_driver.resume(parsed)
+                return {}
+            session = PostcopySource(self.profile, self.guest, self.src_cell,
+                                     caps=self.caps, params=self.params, uuid=self.uuid,
+                                     on_pass=self._pass_event)
             session.begin(time.monotonic())
             self.source = session
             try:
@@ -200,7 +211,7 @@ class VM:
                 self.src_cell.fire(SOURCE_ROWS["bad_uri"])
                 raise CommandError(self.profile.qapi_error("range") % (
                     "uri", "a valid migration protocol")) from None
-            driver = SourceDriver(session, parsed)
+            driver = PostcopySourceDriver(session, parsed)
             self._src_driver = driver
             driver.start()
             return {}
@@ -224,17 +235,74 @@ class VM:
             except OSError as exc:
                 raise CommandError(f"Failed to bind socket: {exc.strerror}") from None
             self._incoming_started = True
-            session = DestinationMigration(self.profile, self.guest, self.dst_cell,
-                                           caps=self.caps, uuid=self.uuid)
+            session = PostcopyDestination(self.profile, self.guest, self.dst_cell,
+                                          caps=self.caps, uuid=self.uuid)
             self.incoming = session
             self._listener = listener
             session.listening()
             channels = int(self.params.get("multifd-channels", 2)) if self.caps.get(
                 "multifd") else 0
-            driver = DestinationDriver(session, listener, multifd_channels=channels,
-                                       on_done=self._incoming_done)
+            driver = PostcopyDestinationDriver(session, listener, multifd_channels=channels,
+                                               on_done=self._incoming_done,
+                                               on_run=self._postcopy_run)
             self._dst_driver = driver
             driver.start()
+            return {}
+
+    def _postcopy_run(self) -> None:
+        """POSTCOPY_RUN: the vCPU runs here now, faulting on missing pages."""
+        session = self.incoming
+        assert isinstance(session, PostcopyDestination)
+        name = self.guest.ram.name
+        self.guest.fault_hook = lambda a, b: session.fault(name, a, b)
+        if session.autostart and self._autostart:
+            self.guest.vm_start()
+        else:
+            self.guest.set_run_state(RUN_PAUSED)
+
+    def migrate_start_postcopy(self) -> dict:
+        """QMP ``migrate-start-postcopy``: switch at the next iteration."""
+        check_command(self.profile, "migrate-start-postcopy", {}, self._env({}))
+        if self.source is not None:
+            self.source.start_postcopy = True  # type: ignore[attr-defined]
+        if isinstance(self._src_driver, PostcopySourceDriver):
+            self._src_driver.start_postcopy()
+        return {}
+
+    def migrate_pause(self) -> dict:
+        """QMP ``migrate-pause``: break the channel of a postcopy-active side."""
+        check_command(self.profile, "migrate-pause", {}, self._env({}))
+        active = postcopy_statuses(self.profile).active
+        if self.src_cell.state == active and isinstance(self._src_driver,
+                                                         PostcopySourceDriver):
+            self._src_driver.pause()
+        elif self.dst_cell.state == active and isinstance(self._dst_driver,
+                                                           PostcopyDestinationDriver):
+            self._dst_driver.pause()
+        return {}
+
+    def migrate_recover(self, uri: str) -> dict:
+        """QMP ``migrate-recover``: listen on ``uri`` for the resumed channel."""
+        with self._lock:
+            args = {"uri": uri}
+            env = self._env(args)
+            try:
+                parsed = parse_uri(uri)
+            except UriError:
+                parsed = None
+                env.flags = dict(env.flags, uri_invalid=True)  # type: ignore[assignment]
+            check_command(self.profile, "migrate-recover", args, env)
+            assert parsed is not None
+            try:
+                listener = Listener(parsed)
+            except OSError as exc:
+                raise CommandError(f"Failed to bind socket: {exc.strerror}") from None
+            self._listener = listener
+            session = self.incoming
+            assert isinstance(session, PostcopyDestination)
+            assert isinstance(self._dst_driver, PostcopyDestinationDriver)
+            session.recover_listening()
+            self._dst_driver.recover(listener)
             return {}
 
     def _incoming_done(self, ok: bool) -> None:
@@ -348,6 +416,11 @@ class VM:
         dst_state = self.dst_cell.state
         if dst_state != st.none:
             info["status"] = dst_state
+        inc = self.incoming
+        if isinstance(inc, PostcopyDestination) and inc.in_postcopy:
+            # livemig extension: the fault round trip (request -> placed)
+            info["x-livemig-postcopy-latency"] = inc.latency.to_json()
+            info["x-livemig-postcopy-requests"] = inc.postcopy_requests
         s = self.source
         src_state = self.src_cell.state
         if s is None or src_state == st.none:
@@ -393,9 +466,10 @@ class VM:
             "duplicate": x.duplicate, "skipped": 0, "normal": x.normal,
             "normal-bytes": x.normal_bytes, "dirty-pages-rate": x.dirty_pages_rate,
             "mbps": round(x.mbps, 3), "dirty-sync-count": x.dirty_sync_count,
-            "postcopy-requests": 0, "page-size": ps, "multifd-bytes": x.multifd_bytes,
+            "postcopy-requests": getattr(s, "postcopy_requests", 0), "page-size": ps, "multifd-bytes": x.multifd_bytes,
             "pages-per-second": x.pages_per_second, "precopy-bytes": x.precopy_bytes,
-            "downtime-bytes": x.downtime_bytes, "postcopy-bytes": 0,
+            "downtime-bytes": x.downtime_bytes,
+            "postcopy-bytes": getattr(s, "postcopy_bytes", 0),
             "dirty-sync-missed-zero-copy": 0,
         }
 
@@ -440,6 +514,7 @@ def _qapi_args(profile: Any, name: str, args: dict) -> dict:
                     "inc": (bool, "boolean", False), "detach": (bool, "boolean", False),
                     "resume": (bool, "boolean", False)},
         "migrate-incoming": {"uri": (str, "string", True)},
+        "migrate-recover": {"uri": (str, "string", True)},
         "migrate-continue": {"state": (str, "string", True)},
         "migrate-set-capabilities": {"capabilities": (object, "array", True)},
         "x-livemig-set-workload": {"rate": (float, "number", True)},
