@@ -77,11 +77,11 @@ def spec_error_patterns(profile: Profile) -> list[re.Pattern]:
 def parameter_values(profile: Profile) -> st.SearchStrategy:
     """One parameter and a value near its rules' bounds, or junk."""
     bounds: dict[str, list[Any]] = {}
-    for rule in profile.param_rules:
-        if rule.param is None:
+    for param_rule in profile.param_rules:
+        if param_rule.param is None:
             continue
-        values = bounds.setdefault(rule.param, [])
-        for bound in (rule.min, rule.max):
+        values = bounds.setdefault(param_rule.param, [])
+        for bound in (param_rule.min, param_rule.max):
             if isinstance(bound, int):
                 values += [bound - 1, bound, bound + 1]
     choices = []
