@@ -562,6 +562,18 @@ class PostcopyStreamDecoder(StreamDecoder):
         self.received: Optional[dict[str, np.ndarray]] = None
         self.placing = False
         self.on_placed: Optional[Callable[[RAMBlock, np.ndarray], None]] = None
+        #: runs a command the moment it is parsed, before any later RAM record
+        #: of the same buffer is loaded (a DISCARD must not zero a page that
+        #: follows it); gets the command and the events parsed so far
+        self.on_command: Optional[Callable[[CommandReceived, list[Event]], bool]] = None
+
+    def _parse_command(self, pos: int, events: list[Event]) -> None:
+        n = len(events)
+        super()._parse_command(pos, events)
+        if self.on_command is not None and len(events) > n:
+            ev = events[-1]
+            if isinstance(ev, CommandReceived) and self.on_command(ev, events):
+                events.pop()
 
     def _placed(self, block: RAMBlock, idx: np.ndarray) -> None:
         self.received[block.name][idx] = True  # type: ignore[index]
@@ -675,6 +687,7 @@ class PostcopyDestination(DestinationMigration):
         self.decoder = PostcopyStreamDecoder(profile, guest.blocks, machine=old.machine,
                                              uuid=old.uuid, caps=caps)
         self.decoder._touched = old._touched
+        self.decoder.on_command = self._command_now
         self.pc = PostcopyCell(profile)
         self.pst = postcopy_statuses(profile)
         self._clock = clock
@@ -715,6 +728,18 @@ class PostcopyDestination(DestinationMigration):
         return self.listening_started
 
     # ------------------------------------------------------------ commands
+    def _command_now(self, ev: CommandReceived, events: list[Event]) -> bool:
+        """A postcopy command, run as soon as it is parsed (True: consumed)."""
+        if ev.name not in _DST_COMMANDS:
+            return False
+        if ev.name == "POSTCOPY_RUN":
+            for prior in reversed(events):
+                if isinstance(prior, DeviceState):
+                    self.device_state = prior.blob
+                    break
+        getattr(self, "_cmd_" + ev.name.lower())(ev.payload)
+        return True
+
     def _handle(self, events: list[Event]) -> list[Event]:
         for ev in events:
             if isinstance(ev, CommandReceived) and ev.name in _DST_COMMANDS:
@@ -953,6 +978,7 @@ class PostcopyDestination(DestinationMigration):
         dec.received = self.received
         dec.placing = True
         dec.on_placed = self._on_placed
+        dec.on_command = self._command_now
         dec.counters = old.counters
         assert dec._state == _S_TOP
         self.decoder = dec

@@ -83,7 +83,7 @@ class PostcopyLink:
             self.src.receive_rp(data)
 
     # ------------------------------------------------------------ phases
-    def precopy_then_switch(self, sends_before=1):
+    def precopy_then_switch(self, sends_before=1, coalesce=False):
         s, d = self.src, self.dst
         t = time.monotonic()
         s.begin(t)
@@ -116,7 +116,13 @@ class PostcopyLink:
         assert self.scell.state == "postcopy-active"
         self.sg.vm_stop("finish-migrate")
         self.in_post = True
-        self.push(s.package(time.monotonic()))
+        package = s.package(time.monotonic())
+        if coalesce:
+            # the package and the first postcopy pages in one receive buffer:
+            # DISCARD must take effect before the pages behind it are loaded
+            step = s.poll_postcopy(time.monotonic())
+            package = package + step.buffers
+        self.push(package)
         assert d.run_requested and d.pc.state == "RUNNING"
         assert self.dcell.state == "postcopy-active"
 
@@ -226,6 +232,13 @@ def test_postcopy_completes_with_page_requests(link):
     dev = [a.new for a in lk.log.changes() if a.side == "destination"]
     assert dev == ["setup", "active", "postcopy-active", "completed"]
     assert d.pc.state == "END"
+
+
+def test_commands_take_effect_before_the_pages_behind_them(link):
+    lk = link()
+    lk.precopy_then_switch(coalesce=True)
+    assert lk.postcopy_loop()
+    lk.check_memory()
 
 
 def test_postcopy_with_pause_before_switchover(link):
