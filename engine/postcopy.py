@@ -383,6 +383,26 @@ class PostcopySource(SourceMigration):
         if self.state != self.pst.active:
             return Idle()
         self.release_sent()
+        body, sent_any = self._requested_body()
+        if not sent_any:
+            wait = self._postcopy_rate_wait(now)
+            if wait is not None:
+                return wait
+            chunk = self._next_chunk(self.postcopy_chunk)
+            if chunk is None:
+                self._start_postcopy_pass()  # pages re-dirtied by a resume
+                chunk = self._next_chunk(self.postcopy_chunk)
+                if chunk is None:
+                    return PostcopyDone()
+            block, idx = chunk
+            part, _extra = self._encode(block, idx, bulk=False)
+            body += part
+            if self.release_ram:
+                self._to_release.append((block, idx))
+        return Send([self.enc.section_part(self._ram_sid)] + body
+                    + [self.enc.eos(), self.enc.footer(self._ram_sid)])
+
+    def _requested_body(self) -> tuple[list, bool]:
         with self._req_lock:
             requests, self._requests = self._requests, []
         body: list = []
@@ -400,21 +420,16 @@ class PostcopySource(SourceMigration):
             sent_any = True
             if self.release_ram:
                 self._to_release.append((block, idx))
+        return body, sent_any
+
+    def requested(self) -> Optional[Send]:
+        """Only the requested pages (a driver may send them from the thread
+        that read the request, to save a thread hop), or None."""
+        if self.state != self.pst.active or not self._requests:
+            return None
+        body, sent_any = self._requested_body()
         if not sent_any:
-            wait = self._postcopy_rate_wait(now)
-            if wait is not None:
-                return wait
-            chunk = self._next_chunk(self.postcopy_chunk)
-            if chunk is None:
-                self._start_postcopy_pass()  # pages re-dirtied by a resume
-                chunk = self._next_chunk(self.postcopy_chunk)
-                if chunk is None:
-                    return PostcopyDone()
-            block, idx = chunk
-            part, _extra = self._encode(block, idx, bulk=False)
-            body += part
-            if self.release_ram:
-                self._to_release.append((block, idx))
+            return None
         return Send([self.enc.section_part(self._ram_sid)] + body
                     + [self.enc.eos(), self.enc.footer(self._ram_sid)])
 

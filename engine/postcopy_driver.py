@@ -19,7 +19,7 @@
 """
 from __future__ import annotations
 
-import socket
+import sys
 import threading
 import time
 from typing import Callable, Optional
@@ -34,6 +34,7 @@ from livemig.engine.transport import Channel, Listener, Uri, connect
 from livemig.errors import MigrationError, ReturnPathError, StreamError
 
 RESUME_TIMEOUT = 30.0
+SWITCH_INTERVAL = 0.0002  # seconds, see faster_thread_switches
 
 
 def _text(exc: BaseException) -> str:
@@ -54,6 +55,9 @@ class PostcopySourceDriver(SourceDriver):
         self._resume_uri: Optional[Uri] = None
         self._resume_lock = threading.Lock()
         self._rp_generation = 0
+        #: one writer at a time on the main channel: the migration thread, or
+        #: the return-path thread sending requested pages at once
+        self._send_lock = threading.Lock()
 
     # ------------------------------------------------------------ control
     def start_postcopy(self) -> None:
@@ -152,6 +156,7 @@ class PostcopySourceDriver(SourceDriver):
                 s.cell.fire(POSTCOPY_SOURCE_ROWS["start_stream_error"])
                 return
             guest.set_run_state(RUN_POSTMIGRATE)
+            faster_thread_switches()
             self._postcopy_loop()
         except (OSError, MigrationError) as exc:
             text = _text(exc)
@@ -162,9 +167,22 @@ class PostcopySourceDriver(SourceDriver):
             self._finish()
 
     def _send_main(self, buffers: list) -> None:
-        assert self.chan is not None
-        n = self.chan.send_buffers(buffers)
-        self.session.sent(n, self.clock())
+        with self._send_lock:
+            assert self.chan is not None
+            n = self.chan.send_buffers(buffers)
+            self.session.sent(n, self.clock())
+
+    def _serve_requests(self, chan: Channel) -> None:
+        """On the return-path thread: send the requested pages now."""
+        s = self.session
+        with self._send_lock:
+            if self.chan is not chan:
+                return
+            step = s.requested()
+            if step is None:
+                return
+            n = chan.send_buffers(step.buffers)
+            s.sent(n, self.clock())
 
     def _start_rp(self) -> None:
         self._rp_error = None
@@ -187,6 +205,11 @@ class PostcopySourceDriver(SourceDriver):
                         chan.shutdown()
                     return
                 self.session.receive_rp(data)
+                if self.session.in_postcopy:
+                    try:
+                        self._serve_requests(chan)
+                    except OSError:
+                        pass  # the migration thread sees the broken channel
                 self._wake.set()
                 if self.session.shut is not None:
                     return
@@ -231,12 +254,18 @@ class PostcopySourceDriver(SourceDriver):
                 raise ReturnPathError(self._rp_error)
             if self._abort.is_set():
                 return
-            step = s.poll_postcopy(self.clock())
-            if isinstance(step, Send):
-                self._send_main(step.buffers)
-                continue
+            # encode and write under the send lock: the return-path thread
+            # encodes requested pages with the same encoder
+            with self._send_lock:
+                assert self.chan is not None
+                step = s.poll_postcopy(self.clock())
+                if isinstance(step, Send):
+                    s.sent(self.chan.send_buffers(step.buffers), self.clock())
+                    continue
+                if isinstance(step, PostcopyDone):
+                    s.sent(self.chan.send_buffers(s.postcopy_complete(self.clock())),
+                           self.clock())
             if isinstance(step, PostcopyDone):
-                self._send_main(s.postcopy_complete(self.clock()))
                 self._wait_shut()
                 s.completed(self.clock())
                 return
@@ -399,6 +428,7 @@ class PostcopyDestinationDriver(DestinationDriver):
             self._flush_rp()
             if s.run_requested and not started:
                 started = True
+                faster_thread_switches()
                 if self.on_run is not None:
                     self.on_run()
 
@@ -432,10 +462,9 @@ class PostcopyDestinationDriver(DestinationDriver):
             return True
 
 
-def shutdown_quietly(sock: Optional[socket.socket]) -> None:
-    if sock is None:
-        return
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
+def faster_thread_switches() -> None:
+    """In postcopy a page request crosses several threads per process; the
+    interpreter's default 5 ms switch interval would let a busy thread hold a
+    woken one back that long, so the process switches more often from now."""
+    if sys.getswitchinterval() > SWITCH_INTERVAL:
+        sys.setswitchinterval(SWITCH_INTERVAL)

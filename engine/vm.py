@@ -401,9 +401,13 @@ class VM:
         return {"ok": r.ok, "bad": r.bad, "edges": r.edges, "first-byte": r.first_byte,
                 "messages": r.messages}
 
-    def set_workload(self, rate: float) -> dict:
-        """livemig extension: the vCPU's dirtying rate in pages per second."""
+    def set_workload(self, rate: float, batch: Optional[int] = None) -> dict:
+        """livemig extension: the vCPU's dirtying rate in pages per second and,
+        optionally, the pages it touches per step (1: every page is its own
+        fault in postcopy)."""
         self.guest.workload_rate = float(rate)
+        if batch is not None:
+            self.guest.batch = max(1, int(batch))
         return {}
 
     # ------------------------------------------------------------ query-migrate
@@ -517,7 +521,8 @@ def _qapi_args(profile: Any, name: str, args: dict) -> dict:
         "migrate-recover": {"uri": (str, "string", True)},
         "migrate-continue": {"state": (str, "string", True)},
         "migrate-set-capabilities": {"capabilities": (object, "array", True)},
-        "x-livemig-set-workload": {"rate": (float, "number", True)},
+        "x-livemig-set-workload": {"rate": (float, "number", True),
+                                   "batch": (int, "int", False)},
     }.get(name, {})
     for key in args:
         if key not in spec:
