@@ -272,6 +272,7 @@ class PostcopySource(SourceMigration):
         #: background pages per write in postcopy: small, so that a page
         #: request never waits behind a long write
         self.postcopy_chunk = 128
+        self.postcopy_downtime: Optional[float] = None
         self._pc_window_start = 0.0
         self._pc_window_bytes = 0
         self.postcopy_requests = 0
@@ -472,6 +473,17 @@ class PostcopySource(SourceMigration):
         if ok:
             self._finish_times(now)
         return ok
+
+    def package_sent(self, now: float) -> None:
+        """The package is written: the destination can run.  As in QEMU's
+        postcopy_start, the downtime ends here, not at completion."""
+        if self.stop_time is not None:
+            self.postcopy_downtime = now - self.stop_time
+
+    def _finish_times(self, now: float) -> None:
+        super()._finish_times(now)
+        if self.postcopy_downtime is not None:
+            self.downtime = self.postcopy_downtime
 
     # ------------------------------------------------------------ return path
     def receive_rp(self, data: bytes) -> list:  # type: ignore[override]

@@ -155,6 +155,7 @@ class PostcopySourceDriver(SourceDriver):
                 s.error_desc = _text(exc)
                 s.cell.fire(POSTCOPY_SOURCE_ROWS["start_stream_error"])
                 return
+            s.package_sent(self.clock())
             guest.set_run_state(RUN_POSTMIGRATE)
             faster_thread_switches()
             self._postcopy_loop()

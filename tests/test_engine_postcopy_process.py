@@ -210,3 +210,14 @@ def test_two_process_two_failures_in_a_row_and_preconditions(tmp):
     finally:
         assert src.close() == 0
         assert dst.close() == 0
+
+
+def test_postcopy_demo_runs():
+    from rich.console import Console
+    import io
+    from livemig.engine.postcopy_demo import run_postcopy_demo
+    out = io.StringIO()
+    assert run_postcopy_demo(Console(file=out, width=160), ram="64M") == 0
+    text = out.getvalue()
+    assert "postcopy-paused -> postcopy-recover -> postcopy-active -> completed" in text
+    assert "memory check passed" in text
