@@ -67,6 +67,9 @@ class DestinationMigration:
         self.error_desc: Optional[str] = None
         self.multifd: list[MultifdDecoder] = []
         self.on_section_eos: Optional[Callable[[], None]] = None
+        #: set by a driver with multifd channels: blocks until every channel
+        #: reached EOF with its pages applied; raises StreamError otherwise
+        self.before_finish: Optional[Callable[[], None]] = None
 
     # ------------------------------------------------------------ lifecycle
     def listening(self) -> None:
@@ -116,6 +119,8 @@ class DestinationMigration:
     # ------------------------------------------------------------ ending
     def load_finished(self) -> bool:
         """All loaded: apply the device state, active -> completed, SHUT 0."""
+        if self.before_finish is not None:
+            self.before_finish()
         if self.device_state is not None:
             self.guest.load_device_state(self.device_state)
         ok = self.cell.fire(ROW["completed"])

@@ -52,6 +52,13 @@ class _ChannelSender(threading.Thread):
         while True:
             item = self.q.get()
             if item is None:
+                # Everything queued is written: end-of-file tells the destination
+                # this channel's pages are all there (see multifd.py).
+                if self.error is None and self.chan.sock is not None:
+                    try:
+                        self.chan.sock.shutdown(socket.SHUT_WR)
+                    except OSError:
+                        pass
                 return
             if self.error is not None:
                 continue
@@ -287,7 +294,17 @@ class DestinationDriver:
                 self.session.accepted()
         return main
 
+    def _join_multifd(self) -> None:
+        """Before the load may finish: every channel at EOF, all pages applied."""
+        for t in self._mf_threads:
+            t.join(RP_CLOSE_TIMEOUT)
+            if t.is_alive():
+                raise StreamError("multifd: channel did not finish")
+        if self._mf_error:
+            raise StreamError(self._mf_error)
+
     def _start_multifd(self, chan: Channel) -> None:
+        self.session.before_finish = self._join_multifd
         if self._barrier is None:
             self._barrier = SyncBarrier(self.multifd_channels)
         dec = MultifdDecoder(self.session.profile, self.session.guest.blocks, self._barrier)
@@ -338,13 +355,7 @@ class DestinationDriver:
                 rp = s.data_to_send()
                 if rp and chan.bidirectional:
                     chan.send_buffers([rp])
-            for t in self._mf_threads:  # every channel at EOF: all pages applied
-                t.join(RP_CLOSE_TIMEOUT)
-                if t.is_alive():
-                    raise StreamError("multifd: channel did not finish")
-            if self._mf_error:
-                raise StreamError(self._mf_error)
-            s.load_finished()
+            s.load_finished()  # joins the multifd channels first (before_finish)
             rp = s.data_to_send()
             if rp and chan.bidirectional:
                 try:

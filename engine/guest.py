@@ -197,6 +197,7 @@ class Guest:
         self._vcpu_running = False
         self._vcpu_idle = threading.Event()
         self._vcpu_idle.set()
+        self._batch_lock = threading.Lock()
         self._thread: Optional[threading.Thread] = None
         self._quit = False
         self.pages_written = 0
@@ -272,8 +273,11 @@ class Guest:
         self._vcpu_running = False
         with self._run_lock:
             self._run_lock.notify_all()
-        if self._thread is not None and self._thread.is_alive():
-            self._vcpu_idle.wait(timeout)
+        # A batch runs under _batch_lock and re-checks _vcpu_running inside it:
+        # once we hold the lock, no write can follow (an event flag alone can
+        # be read stale by a vCPU between its check and its write).
+        if self._batch_lock.acquire(timeout=timeout):
+            self._batch_lock.release()
         self.set_run_state(state)
 
     @property
@@ -321,12 +325,15 @@ class Guest:
             hook = self.fault_hook
             if hook is not None and not hook(a, b):
                 continue
-            col = pages[a:b, 0]
-            col += 1
-            with self.dirty_lock:
-                log[a:b] = True
-            self.pages_written += b - a
-            self._cursor = first if b >= last else b
+            with self._batch_lock:
+                if not self._vcpu_running:
+                    continue
+                col = pages[a:b, 0]
+                col += 1
+                with self.dirty_lock:
+                    log[a:b] = True
+                self.pages_written += b - a
+                self._cursor = first if b >= last else b
             # Pace: rate pages/s, stretched by the throttle percentage.
             t_next += (b - a) / self.workload_rate
             throttle = self.throttle
