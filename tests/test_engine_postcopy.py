@@ -469,3 +469,58 @@ def test_idle_while_paused(link):
     lk.precopy_then_switch()
     lk.pause_both()
     assert isinstance(lk.src.poll_postcopy(time.monotonic()), Idle)
+
+
+@pytest.mark.parametrize("where", ["discard", "listen", "run", "after"])
+def test_break_at_every_switch_step(link, where):
+    """The channel breaks at each step of postcopy_start.  The source is
+    postcopy-active, so it pauses in every case; the destination fails before
+    RUN (7.2: pausing needs PostcopyState RUNNING) and pauses after it, and then
+    recovery completes with the memory check passing."""
+    lk = link()
+    s, d = lk.src, lk.dst
+    t = time.monotonic()
+    s.begin(t)
+    d.listening()
+    d.accepted()
+    lk.sg.vm_start()
+    lk.push(s.setup(t))
+    step = s.poll(t)
+    lk.push(step.buffers)
+    s.sent(buffers_len(step.buffers), t)
+    time.sleep(0.02)
+    s.start_postcopy = True
+    assert isinstance(s.poll(time.monotonic()), StartPostcopy)
+    s.postcopy_start()
+    lk.sg.vm_stop("finish-migrate")
+    raw = b"".join(bytes(memoryview(b).cast("B")) for b in s.package(time.monotonic()))
+    listen = raw.index(s.enc.command("POSTCOPY_LISTEN"))
+    run = raw.index(s.enc.command("POSTCOPY_RUN"))
+    cut = {"discard": 12, "listen": listen + 5, "run": run,
+           "after": run + 5}[where]
+    d.feed(raw[:cut])
+    assert s.postcopy_pause("Broken pipe")
+    if where != "after":
+        assert d.load_failed("Input/output error")
+        assert lk.dcell.state == "failed"
+        state = validate_log(P, lk.log.attempts)
+        assert state == {"source": "postcopy-paused", "destination": "failed"}
+        return
+    assert d.load_failed("Input/output error") and lk.dcell.state == "postcopy-paused"
+    lk.in_post = True
+    assert lk.recover()
+    assert lk.postcopy_loop()
+    lk.check_memory()
+
+
+def test_release_ram_frees_sent_pages(link):
+    lk = link(caps=("release-ram",))
+    lk.precopy_then_switch()
+    before = {n: b.pages.copy() for n, b in lk.sg.blocks.items()}
+    sent_in_postcopy = np.flatnonzero(~lk.dst.received["pc.ram"])
+    assert sent_in_postcopy.size
+    assert lk.postcopy_loop()
+    for name, b in lk.dg.blocks.items():
+        assert np.array_equal(b.pages, before[name]), name
+    assert not lk.sg.ram.pages[sent_in_postcopy].any()  # freed on the source
+    assert lk.dg.check().ok

@@ -221,3 +221,41 @@ def test_postcopy_demo_runs():
     text = out.getvalue()
     assert "postcopy-paused -> postcopy-recover -> postcopy-active -> completed" in text
     assert "memory check passed" in text
+
+
+def test_python_api_postcopy_release_ram_refuses_resume(tmp):
+    """The Python API (two in-process VMs): postcopy with release-ram, paused by
+    the destination's migrate-pause; resume is refused with 7.2's text, the
+    source stays postcopy-paused."""
+    from livemig.engine.vm import VM
+    from livemig.errors import CommandError
+    dst = VM(ram_size=32 << 20, incoming="defer")
+    src = VM(ram_size=32 << 20, workload_rate=20000)
+    try:
+        caps = [{"capability": c, "state": True}
+                for c in ("events", "postcopy-ram", "release-ram")]
+        for v in (src, dst):
+            v.execute("migrate-set-capabilities", {"capabilities": caps})
+        src.execute("migrate-set-parameters", {"max-bandwidth": 8 << 20,
+                                               "max-postcopy-bandwidth": 4 << 20})
+        dst.execute("migrate-incoming", {"uri": f"unix:{tmp}/m.sock"})
+        src.execute("migrate", {"uri": f"unix:{tmp}/m.sock"})
+        assert src.wait_for_status({"active"}, TIMEOUT)
+        src.execute("migrate-start-postcopy")
+        assert src.wait_for_status({"postcopy-active"}, TIMEOUT)
+        deadline = time.monotonic() + TIMEOUT
+        while dst.execute("query-status")["status"] != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        dst.execute("migrate-pause")
+        assert src.wait_for_status({"postcopy-paused"}, TIMEOUT)
+        assert dst.wait_for_status({"postcopy-paused"}, TIMEOUT, side="destination")
+        with pytest.raises(CommandError,
+                           match="Postcopy recovery cannot work when release-ram capability"):
+            src.execute("migrate", {"uri": f"unix:{tmp}/r.sock", "resume": True})
+        assert src.src_cell.state == "postcopy-paused"
+        validate_log(P, src.log.attempts)
+        validate_log(P, dst.log.attempts)
+    finally:
+        src.close()
+        dst.close()
