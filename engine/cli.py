@@ -22,6 +22,7 @@ import time
 from typing import Any, Optional
 
 from livemig.engine.guest import FILLS, parse_size
+from livemig.errors import MigrationError
 
 
 def _vm_kwargs(args: argparse.Namespace) -> dict:
@@ -76,6 +77,9 @@ def add_parser(subparsers: Any) -> None:
 
     p = subparsers.add_parser("migrate", help="migrate a running, dirtying guest to URI")
     p.add_argument("uri", help="tcp:HOST:PORT, unix:PATH, fd:N or file:PATH")
+    p.add_argument("--postcopy-after", type=float, default=None, metavar="SECONDS",
+                   help="run migrate-start-postcopy this long after migrate (needs "
+                        "--caps postcopy-ram on both sides)")
     _common(p)
     _migration_opts(p)
     p.set_defaults(func=cmd_migrate)
@@ -174,6 +178,13 @@ def cmd_incoming(args: argparse.Namespace) -> int:
         vm.close()
 
 
+def _start_postcopy(vm: Any, console: Any) -> None:
+    try:
+        vm.execute("migrate-start-postcopy")
+    except MigrationError as exc:
+        console.print(f"[red]migrate-start-postcopy[/]: {exc.message}")
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     from rich.console import Console
     from livemig.engine.vm import VM
@@ -182,6 +193,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     try:
         apply_options(vm, args.caps, args.param)
         vm.execute("migrate", {"uri": args.uri})
+        if args.postcopy_after is not None:
+            timer = threading.Timer(args.postcopy_after, _start_postcopy, (vm, console))
+            timer.daemon = True
+            timer.start()
         info = run_progress(vm, console, timeout=args.timeout)
         if args.json:
             print(json.dumps(info, indent=2))

@@ -259,3 +259,39 @@ def test_python_api_postcopy_release_ram_refuses_resume(tmp):
     finally:
         src.close()
         dst.close()
+
+
+def test_cli_postcopy(tmp):
+    """``livemig incoming`` and ``livemig migrate --postcopy-after``: a
+    non-converging guest switches to postcopy and the memory check passes."""
+    import json
+    import subprocess
+    sock = f"unix:{tmp}/cli.sock"
+    inc = subprocess.Popen([sys.executable, "-m", "livemig", "incoming", sock, "--ram", "64M",
+                            "--caps", "postcopy-ram", "--json", "--log", f"{tmp}/d.ndjson"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not Path(f"{tmp}/cli.sock").exists():
+            assert time.monotonic() < deadline and inc.poll() is None
+            time.sleep(0.05)
+        mig = subprocess.run([sys.executable, "-m", "livemig", "migrate", sock, "--ram", "64M",
+                              "--caps", "postcopy-ram", "--param", "max-bandwidth=16M",
+                              "--postcopy-after", "0.5", "--json", "--log", f"{tmp}/s.ndjson"],
+                             capture_output=True, text=True, timeout=TIMEOUT)
+        assert mig.returncode == 0, mig.stderr
+        info = json.loads(mig.stdout)
+        assert info["status"] == "completed" and info["ram"]["postcopy-bytes"] > 0
+        out, err = inc.communicate(timeout=TIMEOUT)
+        assert inc.returncode == 0, err
+        assert json.loads(out)["memory-check"]["ok"]
+        from livemig.core.cell import Attempt
+        for name, side in (("s", "source"), ("d", "destination")):
+            log = [Attempt(**json.loads(line))
+                   for line in (tmp / f"{name}.ndjson").read_text().splitlines()]
+            assert validate_log(P, log)[side] == "completed"
+            assert "postcopy-active" in [a.new for a in log if a.ok]
+    finally:
+        if inc.poll() is None:
+            inc.kill()
+            inc.wait()
