@@ -725,6 +725,9 @@ class PostcopyDestination(DestinationMigration):
         self._req_time: dict[str, dict[int, float]] = {name: {} for name in guest.blocks}
         self._req_mask = {name: np.zeros(b.npages, dtype=bool) for name, b in guest.blocks.items()}
         self._last_req_block: Optional[str] = None
+        rp = self.decoder.w.rp
+        self._rp_req_pages_id = rp["REQ_PAGES_ID"].value
+        self._rp_req_pages = rp["REQ_PAGES"].value
         self.latency = LatencyHistogram()
         self.postcopy_requests = 0
         self.run_requested = False
@@ -880,13 +883,15 @@ class PostcopyDestination(DestinationMigration):
 
     # ------------------------------------------------------------ faults
     def _request_bytes(self, name: str, first: int, count: int) -> bytes:
+        # framed here from ids read once: encode_rp's table lookup hashes the
+        # whole profile on every call, too slow for the fault path
         ps = self.decoder.page_size
         if name != self._last_req_block:
             self._last_req_block = name
             raw = name.encode()
-            return encode_rp(self.profile, "REQ_PAGES_ID",
-                             struct.pack(">QIB", first * ps, count * ps, len(raw)) + raw)
-        return encode_rp(self.profile, "REQ_PAGES", struct.pack(">QI", first * ps, count * ps))
+            return struct.pack(">HHQIB", self._rp_req_pages_id, 13 + len(raw), first * ps,
+                               count * ps, len(raw)) + raw
+        return struct.pack(">HHQI", self._rp_req_pages, 12, first * ps, count * ps)
 
     def _pending_requests(self) -> bytes:
         out = b""
