@@ -126,11 +126,21 @@ class VM:
             event = self._events.get()
             if event is None:
                 return
+            if isinstance(event, threading.Event):  # a flush marker
+                event.set()
+                continue
             for cb in list(self._subscribers):
                 try:
                     cb(event)
                 except Exception:  # a subscriber's bug must not stop the others
                     pass
+
+    def flush_events(self, timeout: float, grace: float = 0.1) -> None:
+        """Wait until every queued event went to the subscribers."""
+        marker = threading.Event()
+        self._events.put(marker)
+        marker.wait(timeout)
+        time.sleep(grace)
 
     def _status_event(self, attempt: Attempt) -> None:
         row = self.profile.transition(attempt.id)
@@ -316,6 +326,9 @@ class VM:
             return
         message = session.error_desc or "load of migration failed"
         if self.exit_on_error:
+            # QEMU emits MIGRATION{failed} before it exits: deliver the queued
+            # events (and give the QMP server a moment to write them) first
+            self.flush_events(1.0)
             print(f"livemig: {message}", file=sys.stderr, flush=True)
             if self.on_fatal is not None:
                 self.on_fatal(message)
