@@ -201,12 +201,30 @@ def test_two_process_two_failures_in_a_row_and_preconditions(tmp):
         assert "Cannot resume if there is no paused migration" in src.error(
             "migrate", uri=uri, resume=True)
         src.cmd("migrate-pause")
+        src.wait_status({"postcopy-paused"})
+        # a resume whose connection fails: 7.2's migrate_fd_error is a no-op
+        # while paused, so the source simply stays postcopy-paused
+        src.cmd("migrate", uri=f"unix:{tmp}/nobody.sock", resume=True)
+        # a resume to a peer that hangs up at once: recover -> paused again
+        bogus = socket.socket(socket.AF_UNIX)
+        bogus.bind(f"{tmp}/bogus.sock")
+        bogus.listen(1)
+        src.cmd("migrate", uri=f"unix:{tmp}/bogus.sock", resume=True)
+        conn, _ = bogus.accept()
+        conn.close()
+        bogus.close()
+        deadline = time.monotonic() + TIMEOUT
+        while [a.new for a in src.log() if a.ok][-1] != "postcopy-paused" or \
+                "postcopy-recover" not in [a.new for a in src.log() if a.ok]:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
         _recover(src, dst, tmp, "unix", 1)
         dst.cmd("migrate-pause")
         _recover(src, dst, tmp, "unix", 2)
         _finish(src, dst)
         seq, _ = _logs(src, dst)
-        assert seq.count("postcopy-paused") == 2
+        assert seq.count("postcopy-paused") == 3
+        assert seq.count("postcopy-recover") == 3
     finally:
         assert src.close() == 0
         assert dst.close() == 0
