@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 from livemig.engine.cli import print_summary
-from livemig.engine.guest import parse_size
+from livemig.engine.guest import RUN_RUNNING, parse_size
 from livemig.engine.postcopy import postcopy_statuses
 from livemig.engine.vm import VM
 
@@ -71,7 +71,7 @@ def run_postcopy_demo(console: Any, *, ram: str = "128M", workload: float = 2000
 
     size = parse_size(ram)
     with tempfile.TemporaryDirectory(prefix="livemig-pcdemo-") as tmp:
-        qmp_path = os.path.join(tmp, "dst.qmp")
+        qmp_path = os.path.join(tmp, "destination.qmp")
         console.print(f"[bold]Postcopy migration with a pause and a recovery[/] of a {ram} "
                       f"guest dirtying {workload:,.0f} pages/s, between two processes "
                       f"(destination: livemig vm --qmp, driven by qemu.qmp)")
@@ -98,7 +98,7 @@ def run_postcopy_demo(console: Any, *, ram: str = "128M", workload: float = 2000
             phase = "precopy"
             paused_at = 0.0
             with Progress(*columns, console=console, transient=False) as progress:
-                task = progress.add_task("migrate", total=size, status="setup", xfer="",
+                task = progress.add_task("migrate", total=size, status=src.st.setup, xfer="",
                                          note="")
                 while True:
                     info = src.execute("query-migrate")
@@ -121,7 +121,7 @@ def run_postcopy_demo(console: Any, *, ram: str = "128M", workload: float = 2000
                         src.execute("migrate-start-postcopy")
                         phase = "migrate-start-postcopy"
                     elif phase == "migrate-start-postcopy" and status == pst.active and \
-                            dst.cmd("query-status")["status"] == "running":
+                            dst.cmd("query-status")["status"] == RUN_RUNNING:
                         phase = "postcopy: destination vCPU running, faulting pages in"
                         paused_at = time.monotonic() + 0.5
                     elif phase.startswith("postcopy:") and time.monotonic() > paused_at:
