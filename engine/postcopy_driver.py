@@ -148,6 +148,7 @@ class PostcopySourceDriver(SourceDriver):
             if s.state != pst.active:
                 return
             guest.vm_stop(RUN_FINISH_MIGRATE)
+            self._stopped_vcpu = True  # restarted if the package cannot be sent
             try:
                 self._send_main(s.package(self.clock()))
             except (OSError, MigrationError) as exc:
@@ -156,6 +157,7 @@ class PostcopySourceDriver(SourceDriver):
                 s.cell.fire(POSTCOPY_SOURCE_ROWS["start_stream_error"])
                 return
             s.package_sent(self.clock())
+            self._stopped_vcpu = False  # the guest runs on the destination now
             guest.set_run_state(RUN_POSTMIGRATE)
             faster_thread_switches()
             self._postcopy_loop()
