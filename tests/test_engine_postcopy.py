@@ -548,3 +548,39 @@ def test_random_breaks_faults_and_failed_resumes(cuts, faults, connect_failures)
         assert lk.pauses <= len(cuts)
     finally:
         lk.close()
+
+
+def test_faulting_reader_never_sees_a_partial_page(link):
+    """A thread standing in for the vCPU faults on pages while the link places
+    them; every page it is let through to equals the source's page whole."""
+    import threading
+    lk = link(ram=8 << 20)
+    lk.precopy_then_switch()
+    d = lk.dst
+    src_pages = lk.sg.ram.pages  # the source vCPU is stopped: final content
+    missing = np.flatnonzero(~d.received["pc.ram"])
+    rng = np.random.default_rng(7)
+    order = rng.permutation(missing)[:200]
+    bad: list[int] = []
+
+    def reader():
+        for p in order.tolist():
+            assert d.fault("pc.ram", p, p + 1, timeout=30)
+            if not np.array_equal(lk.dg.ram.pages[p], src_pages[p]):
+                bad.append(p)
+
+    t = threading.Thread(target=reader)
+    t.start()
+    # the link: serve requests as they come, background pages in between
+    while t.is_alive():
+        lk.rp()
+        step = lk.src.poll_postcopy(time.monotonic())
+        if isinstance(step, Send):
+            lk.push(step.buffers)
+        else:
+            time.sleep(0.001)
+    t.join()
+    assert not bad
+    assert d.latency.to_json()["count"] > 0
+    assert lk.postcopy_loop()
+    lk.check_memory()
