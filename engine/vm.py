@@ -53,6 +53,11 @@ from livemig.spec import DEFAULT_PROFILE, load_profile
 Event = dict[str, Any]
 
 
+#: capabilities the checkers accept (as QEMU does) that would send QEMU down
+#: a state path this engine does not implement; `migrate` refuses them
+NOT_IMPLEMENTED = ("x-colo", "background-snapshot")
+
+
 class CommandNotFound(MigrationError):
     qmp_class = "CommandNotFound"
 
@@ -201,6 +206,12 @@ class VM:
         with self._lock:
             args = {"uri": uri, "blk": blk, "inc": inc, "detach": detach, "resume": resume}
             check_command(self.profile, "migrate", args, self._env(args))
+            unsupported = [c for c in NOT_IMPLEMENTED if self.caps.get(c)]
+            if unsupported:
+                # QEMU would take another state path (colo, a snapshot thread) that
+                # this engine does not have: refuse before anything changes.
+                raise CommandError(f"livemig: capability '{unsupported[0]}' is not implemented "
+                                   f"by this engine; turn it off to migrate")
             if resume:
                 try:
                     parsed = parse_uri(uri)

@@ -241,3 +241,21 @@ def test_destination_load_failure_fires_failed_and_shut():
     assert link.dcell.state == "failed"
     assert d.data_to_send()[-4:] == b"\0\0\0\1"
     link.sg.shutdown()
+
+
+def test_migrate_refuses_capabilities_the_engine_does_not_implement():
+    from livemig.engine.vm import NOT_IMPLEMENTED, VM
+    from livemig.errors import CommandError
+
+    vm = VM(ram_size=4 << 20, workload_rate=0.0)
+    try:
+        for cap in NOT_IMPLEMENTED:
+            vm.execute("migrate-set-capabilities",
+                       {"capabilities": [{"capability": c, "state": c == cap}
+                                         for c in NOT_IMPLEMENTED]})
+            before = len(vm.log.attempts)
+            with pytest.raises(CommandError, match=f"capability '{cap}' is not implemented"):
+                vm.execute("migrate", {"uri": "unix:/nonexistent/livemig.sock"})
+            assert len(vm.log.attempts) == before  # no row fired, nothing changed
+    finally:
+        vm.close()
