@@ -30,12 +30,13 @@ from __future__ import annotations
 
 import re
 import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from livemig.conformance.runtime import RuntimeChecker
 from livemig.errors import MigrationError
@@ -56,7 +57,8 @@ SIDES = ("source", "destination")
 #: capability sets for the deep-state shortcut: the ones that change the
 #: engine's path through the rows (inputs, not rules: the checker decides)
 SHORTCUT_CAPS = ((), ("pause-before-switchover",), ("return-path",),
-                 ("events", "pause-before-switchover"), ("xbzrle",))
+                 ("events", "pause-before-switchover"), ("xbzrle",), ("postcopy-ram",),
+                 ("postcopy-ram", "pause-before-switchover"))
 
 
 def spec_error_patterns(profile: Profile) -> list[re.Pattern]:
@@ -102,6 +104,7 @@ def build_machine(profile_name: str = "qemu-7.2") -> type[RuleBasedStateMachine]
                               st.booleans()), min_size=1, max_size=3)
     patterns = spec_error_patterns(profile)
     RUNNING = profile.states_of("running")
+    SETTLED = settled_states(profile)
     monitor_rows = {r.id for r in profile.transitions if r.actor == "monitor"}
 
     class SpecMachine(RuleBasedStateMachine):
@@ -156,17 +159,19 @@ def build_machine(profile_name: str = "qemu-7.2") -> type[RuleBasedStateMachine]
             self.consumed[side] += len(new)
             self.checkers[side].feed(new)
 
-        def _execute(self, side: str, name: str, args: dict) -> None:
+        def _execute(self, side: str, name: str, args: dict) -> bool:
+            """Run a command; True if it was accepted.  A refusal is checked."""
             vm = self.vms[side]
             self._sync_log(side)
             before_caps, before_params = dict(vm.caps), dict(vm.params)
             mark = len(vm.log.attempts)
             try:
                 vm.execute(name, args)
+                return True
             except MigrationError as exc:
                 if type(exc).__name__ == "CommandNotFound":
                     UNIMPLEMENTED[name] += 1
-                    return
+                    return False
                 assert vm.caps == before_caps, f"refused {name} changed capabilities"
                 assert vm.params == before_params, f"refused {name} changed parameters"
                 fired = {a.id for a in vm.log.attempts[mark:] if a.ok}
@@ -176,6 +181,7 @@ def build_machine(profile_name: str = "qemu-7.2") -> type[RuleBasedStateMachine]
                     f"refused {name} fired {fired & monitor_rows}"
                 if not any(p.match(exc.message) for p in patterns):
                     NON_SPEC_ERRORS[f"{name}: {exc.message}"] += 1
+                return False
 
         # ---------------------------------------------------------- command rules
         @rule(side=st.sampled_from(SIDES), request=caps)
@@ -230,18 +236,48 @@ def build_machine(profile_name: str = "qemu-7.2") -> type[RuleBasedStateMachine]
             if self.listen_uri:
                 self._execute("source", "migrate", {"uri": self.listen_uri})
 
-        @rule(seconds=st.sampled_from((0.05, 0.3, 2.0)))
-        def time_passes(self, seconds: float) -> None:
-            """Wait (bounded) for the source's status to change."""
-            cell = self.vms["source"].src_cell
-            now = cell.state
-            cell.wait_for(lambda s: s != now, timeout=seconds)
+        @rule()
+        def start_postcopy_migration(self) -> None:
+            """Shortcut into postcopy: postcopy-ram on both sides, a slow
+            precopy, migrate, migrate-start-postcopy."""
+            request = [{"capability": "postcopy-ram", "state": True}]
+            for side in SIDES:
+                self._execute(side, "migrate-set-capabilities", {"capabilities": request})
+            self._execute("source", "migrate-set-parameters", {"max-bandwidth": 2 << 20})
+            if self.vms["destination"]._listener is None:
+                self._incoming("destination", self._uri("fresh"))
+            if self.listen_uri and self._execute("source", "migrate", {"uri": self.listen_uri}):
+                self._execute("source", "migrate-start-postcopy", {})
 
-        @precondition(lambda self: self.vms and self.vms["source"]._src_driver is not None
-                      and self.vms["source"].src_cell.state in RUNNING)
+        @rule()
+        def recover(self) -> None:
+            """Shortcut out of postcopy-paused: migrate-recover on the destination,
+            then migrate resume=true to it (refusals are checked as usual)."""
+            uri = self._uri("fresh")
+            if self._execute("destination", "migrate-recover", {"uri": uri}):
+                self.listen_uri = uri
+                self._execute("source", "migrate", {"uri": uri, "resume": True})
+
+        @rule(seconds=st.sampled_from((2.0, 0.3, 0.05)))
+        def time_passes(self, seconds: float) -> None:
+            """Wait (bounded) until the source settles: a terminal status, or one
+            that only a command can leave (see :func:`settled_states`)."""
+            cell = self.vms["source"].src_cell
+            start = cell.state
+            deadline = time.monotonic() + seconds
+            cell.wait_for(lambda s: s != start, timeout=seconds)  # something happens
+            cell.wait_for(lambda s: s in SETTLED, timeout=max(0.0, deadline - time.monotonic()))
+
         @rule()
         def break_channel(self) -> None:
-            self.vms["source"]._src_driver.abort()
+            """Cut the migration channel if a migration is running.
+
+            Decided inside the rule, not by a precondition: the engine runs on
+            real threads, so a precondition on its state could differ when
+            Hypothesis replays the same choices (FlakyStrategyDefinition)."""
+            source = self.vms["source"]
+            if source._src_driver is not None and source.src_cell.state in RUNNING:
+                source._src_driver.abort()
 
         @rule(rate=st.sampled_from((0.0, 2000.0, 50000.0)))
         def workload(self, rate: float) -> None:
@@ -270,6 +306,9 @@ def build_machine(profile_name: str = "qemu-7.2") -> type[RuleBasedStateMachine]
     # so swarm testing and uniform rule choice still reach them often.
     for copy in range(2, 4):
         setattr(SpecMachine, f"start_migration_{copy}", SpecMachine.start_migration)
+        setattr(SpecMachine, f"start_postcopy_migration_{copy}",
+                SpecMachine.start_postcopy_migration)
+        setattr(SpecMachine, f"recover_{copy}", SpecMachine.recover)
         setattr(SpecMachine, f"time_passes_{copy}", SpecMachine.time_passes)
         setattr(SpecMachine, f"migrate_continue_{copy}", SpecMachine.migrate_continue)
     SpecMachine.__name__ = f"SpecMachine_{profile_name.replace('-', '_').replace('.', '_')}"
@@ -280,9 +319,30 @@ def _command_rule(name: str, needs_uri: bool):
     @rule(side=st.sampled_from(SIDES))
     def command_rule(self, side: str) -> None:
         args = {"uri": self._uri("fresh")} if needs_uri else {}
-        self._execute(side, name, args)
+        if self._execute(side, name, args) and needs_uri and side == "destination":
+            self.listen_uri = args["uri"]  # e.g. migrate-recover: resume goes there
     command_rule.__name__ = "cmd_" + name.replace("-", "_")
     return command_rule
+
+
+def settled_states(profile: Profile) -> frozenset[str]:
+    """Statuses the source stays in until a command acts: the terminal ones, the
+    initial one, and those whose every way forward (failures aside) needs a
+    command flag (pre-switchover waits for migrate-continue, postcopy-paused
+    for a resume)."""
+    from livemig.spec import expr as E
+
+    command_flags = {f.name for f in profile.flags if f.kind == "command"}
+    failures = profile.states_of("has_failed")
+    settled = set(profile.terminal) | {profile.status_names[0]}
+    for status in profile.status_names:
+        # the ways forward: not a command's own row, not an accident (failure)
+        exits = [r for r in profile.rows("source")
+                 if status in profile.sources_of(r) and not r.event_only and not r.store
+                 and r.new != status and r.actor != "monitor" and r.new not in failures]
+        if exits and all(E.names(r.guard, E.Flag) & command_flags for r in exits):
+            settled.add(status)
+    return frozenset(settled)
 
 
 def coverage_report(profile: Profile, reachable: set[str]) -> tuple[float, str]:

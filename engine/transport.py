@@ -210,13 +210,14 @@ class Listener:
         return Channel(conn)
 
     def close(self) -> None:
-        if self.sock is not None:
+        # Take the socket first: the load thread and the VM may close at once.
+        sock, self.sock = self.sock, None
+        if sock is not None:
             try:
-                self.sock.shutdown(socket.SHUT_RDWR)
+                sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-            self.sock.close()
-            self.sock = None
+            sock.close()
             if self.uri.protocol == "unix":
                 try:
                     os.unlink(self.uri.path)

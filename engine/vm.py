@@ -372,7 +372,10 @@ class VM:
                                     params=self.params, state=self.src_cell.state)
         if not result.ok:
             raise CapabilityError(result.error or "rejected")
-        self.caps = dict(result.value)
+        # In place: capabilities are global in QEMU and read when used, so a
+        # destination session created by an earlier migrate-incoming sees them.
+        self.caps.clear()
+        self.caps.update(result.value)
         return {}
 
     def migrate_set_parameters(self, **params: Any) -> dict:
