@@ -611,21 +611,12 @@ class PostcopyStreamDecoder(StreamDecoder):
     def _page_run(self, block: RAMBlock) -> bool:
         if self.received is None:
             return super()._page_run(block)
-        size = self._page_dtype.itemsize
-        count = (self._end - self._start) // size
-        if count == 0:
+        run = self._record_run(self._page_dtype, self._pagec, block)
+        if run is None:
             return False
-        rec = np.frombuffer(self._buf, dtype=self._page_dtype, count=count, offset=self._start)
-        hdr = rec["hdr"]
-        stop = np.flatnonzero((hdr & np.uint64(self._mask)) != self._pagec)
-        if stop.size:
-            count = int(stop[0])
-            rec, hdr = rec[:count], hdr[:count]
-        addr = hdr & np.uint64(~self._mask & 0xFFFFFFFFFFFFFFFF)
-        over = np.flatnonzero(addr >= block.used_length)
-        if over.size:
-            raise self._fail("ram_bad_offset", int(addr[int(over[0])]))
-        idx = (addr // np.uint64(self.page_size)).astype(np.intp)
+        rec, idx, bad = run
+        if bad is not None:
+            raise self._fail("ram_bad_offset", bad)
         data = rec["data"]
         if self.placing:
             fresh = ~self.received[block.name][idx]  # type: ignore[index]
@@ -633,28 +624,19 @@ class PostcopyStreamDecoder(StreamDecoder):
         if idx.size:
             block.pages[idx] = data
             self._placed(block, idx)
-        self.counters.normal += count
-        self._start += count * size
+        self.counters.normal += len(rec)
+        self._consumed(rec)
         return True
 
     def _zero_run(self, block: RAMBlock) -> bool:
         if self.received is None:
             return super()._zero_run(block)
-        size = self._zero_dtype.itemsize
-        count = (self._end - self._start) // size
-        if count == 0:
+        run = self._record_run(self._zero_dtype, self._zeroc, block)
+        if run is None:
             return False
-        rec = np.frombuffer(self._buf, dtype=self._zero_dtype, count=count, offset=self._start)
-        hdr = rec["hdr"]
-        stop = np.flatnonzero((hdr & np.uint64(self._mask)) != self._zeroc)
-        if stop.size:
-            count = int(stop[0])
-            rec, hdr = rec[:count], hdr[:count]
-        addr = hdr & np.uint64(~self._mask & 0xFFFFFFFFFFFFFFFF)
-        over = np.flatnonzero(addr >= block.used_length)
-        if over.size:
-            raise self._fail("ram_bad_offset", int(addr[int(over[0])]))
-        idx = (addr // np.uint64(self.page_size)).astype(np.intp)
+        rec, idx, bad = run
+        if bad is not None:
+            raise self._fail("ram_bad_offset", bad)
         fill = rec["fill"]
         if self.placing:
             fresh = ~self.received[block.name][idx]  # type: ignore[index]
@@ -662,8 +644,8 @@ class PostcopyStreamDecoder(StreamDecoder):
         if idx.size:
             block.pages[idx] = fill[:, None]
             self._placed(block, idx)
-        self.counters.duplicate += count
-        self._start += count * size
+        self.counters.duplicate += len(rec)
+        self._consumed(rec)
         return True
 
     def _one_record(self, hdr: int, events: list[Event]) -> None:

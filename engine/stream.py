@@ -619,50 +619,56 @@ class StreamDecoder:
             if self._state != _S_RAM:
                 return True
 
-    def _page_run(self, block: RAMBlock) -> bool:
-        size = self._page_dtype.itemsize
-        count = (self._end - self._start) // size
+    def _record_run(self, dtype: np.dtype, code: int, block: RAMBlock
+                    ) -> Optional[tuple[np.ndarray, np.ndarray, Optional[int]]]:
+        """The buffered run of same-kind records at the read position.
+
+        Returns ``(records, page indexes, bad offset)``, or None when no whole
+        record is buffered.  The run ends at the first record of another kind.
+        When an offset lies outside ``block`` the run is cut before it and the
+        offset is returned, so the caller can fail with QEMU's text (after
+        loading the good prefix, where QEMU would have); never a write outside.
+        """
+        count = (self._end - self._start) // dtype.itemsize
         if count == 0:
-            return False
-        rec = np.frombuffer(self._buf, dtype=self._page_dtype, count=count, offset=self._start)
+            return None
+        rec = np.frombuffer(self._buf, dtype=dtype, count=count, offset=self._start)
         hdr = rec["hdr"]
-        flags = hdr & np.uint64(self._mask)
-        stop = np.flatnonzero(flags != self._pagec)
+        stop = np.flatnonzero((hdr & np.uint64(self._mask)) != code)
         if stop.size:
-            count = int(stop[0])
-            rec, hdr = rec[:count], hdr[:count]
+            rec, hdr = rec[:int(stop[0])], hdr[:int(stop[0])]
         addr = hdr & np.uint64(~self._mask & 0xFFFFFFFFFFFFFFFF)
+        bad = None
         over = np.flatnonzero(addr >= block.used_length)
         if over.size:
-            # Load the good prefix first, as QEMU would have, then fail.
             good = int(over[0])
-            if good:
-                idx = (addr[:good] // np.uint64(self.page_size)).astype(np.intp)
-                block.pages[idx] = rec["data"][:good]
-            raise self._fail("ram_bad_offset", int(addr[good]))
-        idx = (addr // np.uint64(self.page_size)).astype(np.intp)
+            bad = int(addr[good])
+            rec, addr = rec[:good], addr[:good]
+        return rec, (addr // np.uint64(self.page_size)).astype(np.intp), bad
+
+    def _consumed(self, rec: np.ndarray) -> None:
+        self._start += len(rec) * rec.dtype.itemsize
+
+    def _page_run(self, block: RAMBlock) -> bool:
+        run = self._record_run(self._page_dtype, self._pagec, block)
+        if run is None:
+            return False
+        rec, idx, bad = run
         block.pages[idx] = rec["data"]
+        if bad is not None:  # the good prefix is loaded, as QEMU would have
+            raise self._fail("ram_bad_offset", bad)
         self._touched[block.name][idx] = True
-        self.counters.normal += count
-        self._start += count * size
+        self.counters.normal += len(rec)
+        self._consumed(rec)
         return True
 
     def _zero_run(self, block: RAMBlock) -> bool:
-        size = self._zero_dtype.itemsize
-        count = (self._end - self._start) // size
-        if count == 0:
+        run = self._record_run(self._zero_dtype, self._zeroc, block)
+        if run is None:
             return False
-        rec = np.frombuffer(self._buf, dtype=self._zero_dtype, count=count, offset=self._start)
-        hdr = rec["hdr"]
-        stop = np.flatnonzero((hdr & np.uint64(self._mask)) != self._zeroc)
-        if stop.size:
-            count = int(stop[0])
-            rec, hdr = rec[:count], hdr[:count]
-        addr = hdr & np.uint64(~self._mask & 0xFFFFFFFFFFFFFFFF)
-        over = np.flatnonzero(addr >= block.used_length)
-        if over.size:
-            raise self._fail("ram_bad_offset", int(addr[int(over[0])]))
-        idx = (addr // np.uint64(self.page_size)).astype(np.intp)
+        rec, idx, bad = run
+        if bad is not None:
+            raise self._fail("ram_bad_offset", bad)
         fill = rec["fill"]
         touched = self._touched[block.name]
         if fill.any():
@@ -674,8 +680,8 @@ class StreamDecoder:
             dirty = idx[touched[idx]]
             if dirty.size:
                 block.pages[dirty] = 0
-        self.counters.duplicate += count
-        self._start += count * size
+        self.counters.duplicate += len(rec)
+        self._consumed(rec)
         return True
 
     def _one_record(self, hdr: int, events: list[Event]) -> None:
