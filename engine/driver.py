@@ -26,7 +26,7 @@ from typing import Callable, Optional
 
 from livemig.engine import multifd as mfd
 from livemig.engine.destination import DestinationMigration
-from livemig.engine.guest import RUN_FINISH_MIGRATE, RUN_PAUSED, RUN_POSTMIGRATE, RUN_RUNNING
+from livemig.engine.guest import RUN_FINISH_MIGRATE, RUN_POSTMIGRATE
 from livemig.engine.multifd import MultifdDecoder, SyncBarrier
 from livemig.engine.source import Converged, Send, SourceMigration, Wait
 from livemig.engine.stream import buffers_len
@@ -41,11 +41,13 @@ RECV_CHUNK = 512 << 10  # bytes parsed at a time on the destination
 class _ChannelSender(threading.Thread):
     """A multifd sender thread: writes queued buffer lists to one channel."""
 
-    def __init__(self, chan: Channel, name: str) -> None:
+    def __init__(self, chan: Channel, name: str,
+                 on_error: Optional[Callable[[str], None]] = None) -> None:
         super().__init__(name=name, daemon=True)
         self.chan = chan
         self.q: queue.Queue = queue.Queue(maxsize=4)
         self.error: Optional[BaseException] = None
+        self.on_error = on_error
         self.sent = 0
 
     def run(self) -> None:
@@ -66,6 +68,8 @@ class _ChannelSender(threading.Thread):
                 self.sent += self.chan.send_buffers(item)
             except OSError as exc:
                 self.error = exc
+                if self.on_error is not None:
+                    self.on_error(_os_text(exc))
 
     def put(self, buffers: list) -> None:
         if self.error is not None:
@@ -96,6 +100,11 @@ class SourceDriver:
     def start(self) -> None:
         self.thread.start()
 
+    def join(self, timeout: float) -> bool:
+        """Wait for the migration thread; True once it has ended."""
+        self.thread.join(timeout)
+        return not self.thread.is_alive()
+
     def abort(self) -> None:
         """migrate_cancel: unblock everything; the thread cleans up."""
         self._abort.set()
@@ -117,14 +126,20 @@ class SourceDriver:
         try:
             try:
                 self.chan = connect(self.uri)
-                for ch in range(1, s.multifd_channels + 1):
-                    c = connect(self.uri)
-                    c.send_buffers([mfd.hello(s.profile, ch)])
-                    sender = _ChannelSender(c, f"livemig-multifd-{ch}")
-                    sender.start()
-                    self.extra.append(sender)
             except OSError as exc:
                 s.connect_error(_os_text(exc))
+                return
+            if not s.channel_connected(self.uri.protocol, self.chan.bidirectional):
+                return
+            try:
+                for ch in range(1, s.multifd_channels + 1):
+                    c = connect(self.uri)
+                    sender = _ChannelSender(c, f"livemig-multifd-{ch}", on_error=s.multifd_error)
+                    sender.start()
+                    self.extra.append(sender)
+                    sender.put([mfd.hello(s.profile, ch)])
+            except OSError as exc:
+                s.multifd_error(_os_text(exc))
                 return
             if self._abort.is_set():
                 return
@@ -265,6 +280,11 @@ class DestinationDriver:
 
     def start(self) -> None:
         self.thread.start()
+
+    def join(self, timeout: float) -> bool:
+        """Wait for the load thread; True once it has ended."""
+        self.thread.join(timeout)
+        return not self.thread.is_alive()
 
     def abort(self) -> None:
         for c in [self.chan] + self._mf_chans:

@@ -166,8 +166,10 @@ class Guest:
                  extra_blocks: Optional[dict[str, int]] = None, seed: int = 0,
                  mem_path: Optional[str] = None, workload_rate: float = 20000.0,
                  workload_start: int = MiB, workload_end: int = 100 * MiB,
-                 batch: int = 64, run_state: str = RUN_PAUSED, populate: bool = False) -> None:
+                 batch: int = 64, run_state: str = RUN_PAUSED, populate: bool = False,
+                 vcpu_thread: bool = True) -> None:
         self.page_size = page_size
+        self.vcpu_thread = vcpu_thread
         self.blocks: dict[str, RAMBlock] = {}
         self.blocks["pc.ram"] = RAMBlock("pc.ram", ram_size, page_size, path=mem_path,
                                          populate=populate)
@@ -296,15 +298,51 @@ class Guest:
 
     # ------------------------------------------------------------- workload
     def _start_thread(self) -> None:
+        if not self.vcpu_thread:
+            return
         if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._vcpu_loop, name="livemig-vcpu",
                                             daemon=True)
             self._thread.start()
 
+    def _one_batch(self, a: int, b: int) -> bool:
+        """One batch of the workload: pages [a, b) of the range, then the log.
+        False when the fault hook refused (postcopy: pages still missing) or
+        the vCPU stopped meanwhile."""
+        hook = self.fault_hook
+        if hook is not None and not hook(a, b):
+            return False
+        with self._batch_lock:
+            if not self._vcpu_running:
+                return False
+            col = self.ram.pages[a:b, 0]
+            col += 1
+            with self.dirty_lock:
+                self.ram.dirty_log[a:b] = True
+            self.pages_written += b - a
+            first, last = self.work_range
+            self._cursor = first if b >= last else b
+        return True
+
+    def step_workload(self, batches: int = 1) -> int:
+        """Run ``batches`` batches now, on the caller's thread (a guest made
+        with ``vcpu_thread=False``: deterministic tests step the vCPU
+        themselves).  Returns the pages written; stops at the first batch the
+        fault hook refuses."""
+        first, last = self.work_range
+        written = 0
+        for _ in range(batches):
+            if not self._vcpu_running or last <= first:
+                break
+            a = self._cursor
+            b = min(a + self.batch, last)
+            if not self._one_batch(a, b):
+                break
+            written += b - a
+        return written
+
     def _vcpu_loop(self) -> None:
         first, last = self.work_range
-        pages = self.ram.pages
-        log = self.ram.dirty_log
         span = last - first
         t_next = time.monotonic()
         while not self._quit:
@@ -319,21 +357,10 @@ class Guest:
                 with self._run_lock:
                     self._run_lock.wait_for(lambda: not self._vcpu_running or self._quit, 0.1)
                 continue
-            # One batch, never crossing the end of the range, then the log.
             a = self._cursor
             b = min(a + self.batch, last)
-            hook = self.fault_hook
-            if hook is not None and not hook(a, b):
+            if not self._one_batch(a, b):
                 continue
-            with self._batch_lock:
-                if not self._vcpu_running:
-                    continue
-                col = pages[a:b, 0]
-                col += 1
-                with self.dirty_lock:
-                    log[a:b] = True
-                self.pages_written += b - a
-                self._cursor = first if b >= last else b
             # Pace: rate pages/s, stretched by the throttle percentage.
             t_next += (b - a) / self.workload_rate
             throttle = self.throttle

@@ -82,12 +82,14 @@ from livemig.engine.stream import (
 from livemig.errors import ReturnPathError, StreamError
 from livemig.spec.schema import Profile
 
-#: source rows fired here: engine name -> spec row id
+#: source rows fired here: engine name -> spec row id.  QEMU's
+#: ``src.postcopy_start.fail`` is not among them: only a device that fails to
+#: save or an oversized package takes that path, and the engine has neither
+#: (a broken stream during the switch is ``.stream_error``, as in QEMU).
 POSTCOPY_SOURCE_ROWS = {
     "switch": "src.postcopy_start.switch",
     "pre_switchover": "src.postcopy_start.pre_switchover",
     "continue": "src.postcopy_start.continue",
-    "start_failed": "src.postcopy_start.fail",
     "start_stream_error": "src.postcopy_start.stream_error",
     "pause": "src.postcopy_pause",
     "resume": "src.fd_connect.resume",

@@ -94,6 +94,8 @@ class PostcopySourceDriver(SourceDriver):
             except OSError as exc:
                 s.connect_error(_text(exc))
                 return
+            if not s.channel_connected(self.uri.protocol, self.chan.bidirectional):
+                return
             if self._abort.is_set():
                 return
             buffers = s.setup(self.clock())

@@ -19,7 +19,9 @@ from functools import lru_cache
 
 from livemig.spec.schema import Profile
 
-#: source rows: engine name -> spec row id
+#: source rows: engine name -> spec row id.  Not here, because nothing in
+#: the engine can take QEMU's path: the COLO, unplug, background-snapshot and
+#: savevm rows (features the engine refuses).
 SOURCE_ROWS = {
     "reset": "src.migrate_init.reset",
     "setup": "src.migrate_init.setup",

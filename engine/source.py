@@ -59,7 +59,7 @@ from livemig.engine.returnpath import ReturnPathDecoder, RPMessage
 from livemig.engine.rows import SOURCE_ROWS as ROW, statuses
 from livemig.engine.stream import (
     DEVICE_SECTION, GLOBALSTATE_SECTION, RAM_SECTION, RAM_SECTION_VERSION, Buffer,
-    StreamEncoder, buffers_len,
+    StreamEncoder,
 )
 from livemig.engine.xbzrle import XbzrleCache, encode as xbzrle_encode
 from livemig.errors import ReturnPathError
@@ -556,6 +556,39 @@ class SourceMigration:
     def connect_error(self, message: str) -> bool:
         self.error_desc = message
         return self.cell.fire(ROW["connect_error"])
+
+    def channel_connected(self, protocol: str, bidirectional: bool) -> bool:
+        """migrate_fd_connect's checks once the main channel is open, in QEMU's
+        order; False (and failed) when the migration cannot go on:
+
+        * the return path (return-path, postcopy) needs a two-way channel --
+          a one-way ``file:`` fails with row ``src.fd_connect.rp_failed``;
+        * multifd needs a protocol that carries several channels, else
+          multifd_save_setup fails (``src.fd_connect.multifd_failed``).
+
+        QEMU only prints these texts; livemig also keeps them as error-desc."""
+        if self.return_path and not bidirectional:
+            self.error_desc = self.w.error("rp_open_failed")
+            self.cell.fire(ROW["rp_failed"])
+            return False
+        if self.multifd_channels and \
+                protocol not in self.profile.wire.multi_channel_protocols:
+            self.error_desc = self.w.error("multifd_protocol")
+            self.cell.fire(ROW["multifd_failed"])
+            return False
+        return True
+
+    def multifd_error(self, message: str) -> bool:
+        """A multifd channel failed to connect or to send: its thread fails the
+        migration at once if it is setup, active, pre-switchover or device
+        (QEMU's multifd_send_terminate_threads); the migration thread's own
+        error then finds the state failed and changes nothing."""
+        if self.error_desc is None:
+            self.error_desc = message
+        if self.state not in self.profile.sources_of(
+                self.profile.transition(ROW["multifd_send_failed"])):
+            return False
+        return self.cell.fire(ROW["multifd_send_failed"])
 
     def cancel(self) -> bool:
         """migrate_cancel: any running state -> cancelling (a retried CAS)."""

@@ -38,7 +38,6 @@ from livemig.core.commands import check_command
 from livemig.core.guards import GuardEnv
 from livemig.core.params import check_parameters
 from livemig.engine.destination import DestinationMigration
-from livemig.engine.driver import DestinationDriver, SourceDriver
 from livemig.engine.guest import (
     Guest, MiB, RUN_INMIGRATE, RUN_PAUSED, RUN_RUNNING,
 )
@@ -46,7 +45,7 @@ from livemig.engine.postcopy import PostcopyDestination, PostcopySource, postcop
 from livemig.engine.postcopy_driver import PostcopyDestinationDriver, PostcopySourceDriver
 from livemig.engine.rows import SOURCE_ROWS, statuses
 from livemig.engine.source import SourceMigration
-from livemig.engine.transport import Listener, UriError, parse_uri
+from livemig.engine.transport import Listener, Uri, UriError, parse_uri
 from livemig.errors import CapabilityError, CommandError, MigrationError, ParameterError
 from livemig.spec import DEFAULT_PROFILE, load_profile
 
@@ -62,6 +61,29 @@ class CommandNotFound(MigrationError):
     qmp_class = "CommandNotFound"
 
 
+class SocketTransport:
+    """Where a VM's migrations run: real listeners, and the drivers' threads
+    on real sockets.  The deterministic tests pass another transport (same
+    methods; see ``livemig.conformance.fakelink``) so the same commands and
+    sessions run over an in-memory link that the test steps by hand."""
+
+    #: how long a postcopy vCPU waits for a missing page (None: until it arrives)
+    fault_timeout: Optional[float] = None
+
+    def listen(self, uri: Uri) -> Listener:
+        """Bind for an incoming migration; OSError when the address is taken."""
+        return Listener(uri)
+
+    def source_driver(self, session: PostcopySource, uri: Uri) -> PostcopySourceDriver:
+        return PostcopySourceDriver(session, uri)
+
+    def destination_driver(self, session: PostcopyDestination, listener: Listener, *,
+                           multifd_channels: int, on_done: Callable[[bool], None],
+                           on_run: Callable[[], None]) -> PostcopyDestinationDriver:
+        return PostcopyDestinationDriver(session, listener, multifd_channels=multifd_channels,
+                                         on_done=on_done, on_run=on_run)
+
+
 def _timestamp() -> dict[str, int]:
     t = time.time()
     return {"seconds": int(t), "microseconds": int((t % 1) * 1e6)}
@@ -75,8 +97,10 @@ class VM:
                  workload_rate: float = 20000.0, start_paused: bool = False,
                  uuid: Optional[str] = None, log: Optional[IO[str]] = None,
                  exit_on_error: bool = False, mem_path: Optional[str] = None,
-                 extra_blocks: Optional[dict[str, int]] = None, seed: int = 0) -> None:
+                 extra_blocks: Optional[dict[str, int]] = None, seed: int = 0,
+                 transport: Optional[SocketTransport] = None, vcpu_thread: bool = True) -> None:
         self.profile = load_profile(profile)
+        self.transport = transport if transport is not None else SocketTransport()
         self.st = statuses(self.profile)
         self.log = TransitionLog(stream=log)
         self.src_cell = StatusCell(self.profile, "source", log=self.log)
@@ -88,12 +112,13 @@ class VM:
         self.guest = Guest(ram_size, fill="zero" if incoming else fill,
                            workload_rate=workload_rate, mem_path=mem_path,
                            extra_blocks=extra_blocks, seed=seed,
-                           populate=incoming is not None or mem_path is not None)
+                           populate=incoming is not None or mem_path is not None,
+                           vcpu_thread=vcpu_thread)
         self.guest.on_run_state = self._run_state_changed
         self.source: Optional[SourceMigration] = None
-        self._src_driver: Optional[SourceDriver] = None
+        self._src_driver: Optional[PostcopySourceDriver] = None
         self.incoming: Optional[DestinationMigration] = None
-        self._dst_driver: Optional[DestinationDriver] = None
+        self._dst_driver: Optional[PostcopyDestinationDriver] = None
         self._listener: Optional[Listener] = None
         self._incoming_started = False
         self._inmigrate_cli = incoming is not None
@@ -218,7 +243,7 @@ class VM:
                 except UriError:
                     raise CommandError(self.profile.qapi_error("range") % (
                         "uri", "a valid migration protocol")) from None
-                assert isinstance(self._src_driver, PostcopySourceDriver)
+                assert self._src_driver is not None  # check_command: a paused migration
                 self._src_driver.resume(parsed)
                 return {}
             session = PostcopySource(self.profile, self.guest, self.src_cell,
@@ -232,7 +257,7 @@ class VM:
                 self.src_cell.fire(SOURCE_ROWS["bad_uri"])
                 raise CommandError(self.profile.qapi_error("range") % (
                     "uri", "a valid migration protocol")) from None
-            driver = PostcopySourceDriver(session, parsed)
+            driver = self.transport.source_driver(session, parsed)
             self._src_driver = driver
             driver.start()
             return {}
@@ -252,7 +277,7 @@ class VM:
             check_command(self.profile, "migrate-incoming", args, env)
             assert parsed is not None
             try:
-                listener = Listener(parsed)
+                listener = self.transport.listen(parsed)
             except OSError as exc:
                 raise CommandError(f"Failed to bind socket: {exc.strerror}") from None
             self._incoming_started = True
@@ -263,9 +288,9 @@ class VM:
             session.listening()
             channels = int(self.params.get("multifd-channels", 2)) if self.caps.get(
                 "multifd") else 0
-            driver = PostcopyDestinationDriver(session, listener, multifd_channels=channels,
-                                               on_done=self._incoming_done,
-                                               on_run=self._postcopy_run)
+            driver = self.transport.destination_driver(
+                session, listener, multifd_channels=channels, on_done=self._incoming_done,
+                on_run=self._postcopy_run)
             self._dst_driver = driver
             driver.start()
             return {}
@@ -275,7 +300,8 @@ class VM:
         session = self.incoming
         assert isinstance(session, PostcopyDestination)
         name = self.guest.ram.name
-        self.guest.fault_hook = lambda a, b: session.fault(name, a, b)
+        timeout = self.transport.fault_timeout
+        self.guest.fault_hook = lambda a, b: session.fault(name, a, b, timeout)
         if session.autostart and self._autostart:
             self.guest.vm_start()
         else:
@@ -286,7 +312,7 @@ class VM:
         check_command(self.profile, "migrate-start-postcopy", {}, self._env({}))
         if self.source is not None:
             self.source.start_postcopy = True  # type: ignore[attr-defined]
-        if isinstance(self._src_driver, PostcopySourceDriver):
+        if self._src_driver is not None:
             self._src_driver.start_postcopy()
         return {}
 
@@ -294,11 +320,9 @@ class VM:
         """QMP ``migrate-pause``: break the channel of a postcopy-active side."""
         check_command(self.profile, "migrate-pause", {}, self._env({}))
         active = postcopy_statuses(self.profile).active
-        if self.src_cell.state == active and isinstance(self._src_driver,
-                                                         PostcopySourceDriver):
+        if self.src_cell.state == active and self._src_driver is not None:
             self._src_driver.pause()
-        elif self.dst_cell.state == active and isinstance(self._dst_driver,
-                                                           PostcopyDestinationDriver):
+        elif self.dst_cell.state == active and self._dst_driver is not None:
             self._dst_driver.pause()
         return {}
 
@@ -315,13 +339,13 @@ class VM:
             check_command(self.profile, "migrate-recover", args, env)
             assert parsed is not None
             try:
-                listener = Listener(parsed)
+                listener = self.transport.listen(parsed)
             except OSError as exc:
                 raise CommandError(f"Failed to bind socket: {exc.strerror}") from None
             self._listener = listener
             session = self.incoming
             assert isinstance(session, PostcopyDestination)
-            assert isinstance(self._dst_driver, PostcopyDestinationDriver)
+            assert self._dst_driver is not None
             session.recover_listening()
             self._dst_driver.recover(listener)
             return {}
@@ -514,26 +538,20 @@ class VM:
 
     def wait_incoming_done(self, timeout: float) -> bool:
         driver = self._dst_driver
-        if driver is None:
-            return False
-        driver.thread.join(timeout)
-        return not driver.thread.is_alive()
+        return driver is not None and driver.join(timeout)
 
     def wait_outgoing_done(self, timeout: float) -> bool:
         driver = self._src_driver
-        if driver is None:
-            return False
-        driver.thread.join(timeout)
-        return not driver.thread.is_alive()
+        return driver is not None and driver.join(timeout)
 
     def close(self) -> None:
         """Stop threads and release RAM."""
         if self._src_driver is not None:
             self._src_driver.abort()
-            self._src_driver.thread.join(10)
+            self._src_driver.join(10)
         if self._dst_driver is not None:
             self._dst_driver.abort()
-            self._dst_driver.thread.join(10)
+            self._dst_driver.join(10)
         self.guest.shutdown()
         self._events.put(None)
 

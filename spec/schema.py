@@ -323,6 +323,8 @@ class Wire:
     ram_flags: tuple[WireConst, ...]  # RAM_SAVE_FLAG_*
     misc: tuple[WireConst, ...]  # end marks, ack values, limits
     errors: tuple[tuple[str, str], ...]  # (key, QEMU's load/stream error text)
+    #: URI protocols that may carry several channels (multifd)
+    multi_channel_protocols: tuple[str, ...] = ()
 
     def const(self, name: str) -> int:
         for table in (self.file, self.sections, self.ram_flags, self.misc):

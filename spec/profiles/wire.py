@@ -125,5 +125,10 @@ WIRE = Wire(
         ("discard_missing_nil", "CMD_POSTCOPY_RAM_DISCARD missing nil (%d)"),
         ("resume_illegal", "%s: illegal resume received"),
         ("packaged_bad_length", "Unreasonably large packaged state: %zu"),
+        ("rp_open_failed", "Unable to open return-path for postcopy"),
+        ("multifd_protocol", "multifd is not supported by current protocol"),
     ),
+    # qmp_migrate allows several channels only for these (7.2:
+    # migrate_protocol_allow_multi_channels); multifd_save_setup fails otherwise
+    multi_channel_protocols=("tcp", "unix", "vsock"),
 )
