@@ -3,16 +3,28 @@
 Theory of operation
 -------------------
 :func:`build_machine` returns a ``RuleBasedStateMachine`` class for a
-profile.  Its rules are not written per state: there is one rule per QMP
-command of the profile's COMMANDS table, whose arguments are drawn from the
-spec (status names for ``state``, capability names and parameter bounds for
-the set commands, good and bad URIs), sent to either VM; plus environment
-rules: time passing, a migration shortcut that starts a converging
-migration (so deep states are reached often), the channel broken, the
-destination killed, and the workload's rate changed.
+profile and a *backend*.  Its rules are not written per state: there is one
+rule per QMP command of the profile's COMMANDS table, whose arguments are
+drawn from the spec (status names for ``state``, capability names and
+parameter bounds for the set commands, good and bad URIs), sent to either
+VM; plus environment rules (time passing, the channel broken, connects
+refused, the destination killed, vCPU work) and shortcuts into deep states
+(a converging migration, postcopy, pause, recovery).
 
-Two in-process :class:`~livemig.engine.vm.VM` objects (the real engine: real
-threads, real unix sockets, QEMU's stream) play source and destination.
+Two :class:`~livemig.engine.vm.VM` objects play source and destination:
+the engine's own QMP commands, checkers, sessions and status cells.  The
+backend decides what moves their bytes:
+
+``fake`` (the main run)
+    :mod:`livemig.conformance.fakelink`: the drivers' threads as tasks on one
+    thread over an in-memory network, a simulated clock, vCPUs stepped by
+    rules.  Every interleaving is a rule Hypothesis chose (which task runs,
+    for how long, how many bytes a read takes), so a failure shrinks and
+    replays exactly.
+``sockets`` (a smaller run)
+    the real drivers on real threads and unix sockets; time passing is real
+    waiting (bounded, on the status cells' conditions).
+
 After every step:
 
 * each VM's transition log is a path of spec rows and keeps the catalogue's
@@ -20,20 +32,20 @@ After every step:
 * the observable ``implies`` invariants hold for the current statuses and
   capabilities;
 * a refused command changed neither capabilities nor parameters, fired no
-  monitor row, and its error text is one the spec declares for it.
+  monitor row, and its error text is one the spec declares for it (texts it
+  does not declare are counted in :data:`NON_SPEC_ERRORS`).
 
-Rows hit are collected across examples (:data:`COVERAGE`) for the coverage
-report.  Commands the engine does not implement yet answer CommandNotFound;
-they are counted (:data:`UNIMPLEMENTED`), not failed.
+Rows hit are collected across examples, per backend (:data:`COVERAGE`), for
+the coverage report.
 """
 from __future__ import annotations
 
 import re
 import tempfile
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
@@ -43,22 +55,24 @@ from livemig.errors import MigrationError
 from livemig.spec import load_profile
 from livemig.spec.schema import Profile
 
-#: rows hit by every run in this process, for the coverage report
-COVERAGE: Counter = Counter()
+#: rows hit per backend, by every run in this process (coverage report)
+COVERAGE: defaultdict[str, Counter] = defaultdict(Counter)
 #: commands the engine answered with CommandNotFound
 UNIMPLEMENTED: Counter = Counter()
-#: engine texts that are not in the spec (kept visible in the report)
+#: refusals whose text the spec does not declare (kept visible in the report)
 NON_SPEC_ERRORS: Counter = Counter()
 #: why destinations failed (their load errors), for the report
 DESTINATION_FAILURES: Counter = Counter()
 
-RAM = 4 << 20
+RAM = 2 << 20
 SIDES = ("source", "destination")
+BACKENDS = ("fake", "sockets")
 #: capability sets for the deep-state shortcut: the ones that change the
 #: engine's path through the rows (inputs, not rules: the checker decides)
 SHORTCUT_CAPS = ((), ("pause-before-switchover",), ("return-path",),
                  ("events", "pause-before-switchover"), ("xbzrle",), ("postcopy-ram",),
-                 ("postcopy-ram", "pause-before-switchover"))
+                 ("postcopy-ram", "pause-before-switchover"), ("multifd",),
+                 ("multifd", "pause-before-switchover"))
 
 
 def spec_error_patterns(profile: Profile) -> list[re.Pattern]:
@@ -96,8 +110,93 @@ def parameter_values(profile: Profile) -> st.SearchStrategy:
     return st.sampled_from(choices)
 
 
-def build_machine(profile_name: str = "qemu-7.2") -> type[RuleBasedStateMachine]:
-    """A RuleBasedStateMachine class for the profile (rules from its command table)."""
+# ==================================================================== backends
+class SocketBackend:
+    """Real drivers, real threads, unix sockets; time passing is waiting."""
+
+    name = "sockets"
+
+    def __init__(self, profile_name: str) -> None:
+        self.profile_name = profile_name
+
+    def make_vm(self, role: str, seed: int) -> Any:
+        from livemig.engine.vm import VM  # the engine is optional for importers
+        if role == "source":
+            return VM(ram_size=RAM, profile=self.profile_name, workload_rate=5000.0, seed=seed)
+        return VM(ram_size=RAM, profile=self.profile_name, incoming="defer")
+
+    def run_until(self, vm: Any, settled: frozenset[str], seconds: float) -> None:
+        """Wait (bounded) until something happens and the source settles."""
+        cell = vm.src_cell
+        start = cell.state
+        deadline = time.monotonic() + seconds
+        cell.wait_for(lambda s: s != start, timeout=seconds)
+        cell.wait_for(lambda s: s in settled, timeout=max(0.0, deadline - time.monotonic()))
+
+    def break_channel(self, vms: dict[str, Any], running: frozenset[str]) -> None:
+        source = vms["source"]
+        if source._src_driver is not None and source.src_cell.state in running:
+            source._src_driver.abort()
+
+    def vcpu(self, vm: Any, amount: int) -> None:
+        vm.set_workload(rate=float(amount) * 1000.0)
+
+    def close(self) -> None:
+        pass
+
+
+class FakeBackend:
+    """The fake link: tasks stepped by rules, a simulated clock."""
+
+    name = "fake"
+
+    def __init__(self, profile_name: str) -> None:
+        from livemig.conformance.fakelink import FakeLink
+        self.profile_name = profile_name
+        self.link = FakeLink()
+        self.generation = 0
+
+    def make_vm(self, role: str, seed: int) -> Any:
+        from livemig.engine.vm import VM
+        self.generation += 1
+        owner = f"{role}-{self.generation}"
+        if role == "source":
+            return VM(ram_size=RAM, profile=self.profile_name, seed=seed, vcpu_thread=False,
+                      transport=self.link.transport(owner))
+        return VM(ram_size=RAM, profile=self.profile_name, incoming="defer", vcpu_thread=False,
+                  transport=self.link.transport(owner))
+
+    def run_until(self, vm: Any, settled: frozenset[str], seconds: float) -> None:
+        """Every task runs until none can; then the clock moves on, and again."""
+        self.link.run()
+        self.link.advance(seconds)
+        self.link.run()
+
+    def break_channel(self, vms: dict[str, Any], running: frozenset[str]) -> None:
+        self.link.network.break_connections()
+
+    def vcpu(self, vm: Any, amount: int) -> None:
+        vm.guest.step_workload(amount)
+
+    def close(self) -> None:
+        self.link.close()
+
+
+def _backend(name: str, profile_name: str) -> SocketBackend | FakeBackend:
+    if name == "fake":
+        return FakeBackend(profile_name)
+    if name == "sockets":
+        return SocketBackend(profile_name)
+    raise ValueError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
+
+
+# ==================================================================== the machine
+def build_machine(profile_name: str = "qemu-7.2",
+                  backend: str = "fake") -> type[RuleBasedStateMachine]:
+    """A RuleBasedStateMachine class for the profile (rules from its command
+    table) on ``backend`` (``fake`` or ``sockets``)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
     profile = load_profile(profile_name)
     statuses = st.sampled_from(profile.status_names)
     caps = st.lists(st.tuples(st.sampled_from(profile.capability_names() + ("no-such-cap",)),
@@ -105,7 +204,10 @@ def build_machine(profile_name: str = "qemu-7.2") -> type[RuleBasedStateMachine]
     patterns = spec_error_patterns(profile)
     RUNNING = profile.states_of("running")
     SETTLED = settled_states(profile)
+    POSTCOPY = profile.states_of("in_postcopy")
     monitor_rows = {r.id for r in profile.transitions if r.actor == "monitor"}
+    coverage = COVERAGE[backend]
+    STARTS = ("idle",) + (tuple(DEEP_STATES) if backend == "fake" else ())
 
     class SpecMachine(RuleBasedStateMachine):
         """Two VMs driven by spec-generated rules (see the module docstring)."""
@@ -118,30 +220,44 @@ def build_machine(profile_name: str = "qemu-7.2") -> type[RuleBasedStateMachine]
             self.tmp = tempfile.TemporaryDirectory(prefix="livemig-stateful-")
             self.serial = 0
             self.fatal: list[str] = []
-            self.listen_uri: str | None = None
+            self.listen_uri: Optional[str] = None
+            self.backend = _backend(backend, profile_name)
 
         # ---------------------------------------------------------- setup
-        @initialize()
-        def start_vms(self) -> None:
-            from livemig.engine.vm import VM  # the engine is optional for importers
+        @initialize(start=st.sampled_from(STARTS), return_path=st.booleans(),
+                    broken=st.booleans())
+        def start_vms(self, start: str, return_path: bool, broken: bool) -> None:
+            """The two VMs; on the fake link most examples then start in a deep
+            state (see ``drive_to``), so each is explored from many times a
+            run, and half of them with the channel broken right there."""
+            for side in SIDES:
+                self._new_vm(side)
+            if start != "idle":
+                self.drive_to(deep=start, return_path=return_path)
+                if broken:
+                    self.break_channel()
 
-            self.vms["source"] = VM(ram_size=RAM, profile=profile_name, workload_rate=5000.0,
-                                    seed=1)
-            self.vms["destination"] = VM(ram_size=RAM, profile=profile_name,
-                                         incoming="defer")
-            for side, vm in self.vms.items():
-                vm.on_fatal = self.fatal.append
-                self.checkers[side] = RuntimeChecker(profile)
-                self.consumed[side] = 0
+        def _new_vm(self, side: str) -> None:
+            vm = self.backend.make_vm(side, seed=1)
+            vm.on_fatal = self.fatal.append
+            self.vms[side] = vm
+            self.checkers[side] = RuntimeChecker(profile)
+            self.consumed[side] = 0
 
-        def teardown(self) -> None:
-            for side, vm in self.vms.items():
-                self._sync_log(side)
-                COVERAGE.update(self.checkers[side].rows_hit)
-                vm.close()
-            incoming = self.vms["destination"].incoming if self.vms else None
+        def _retire(self, side: str) -> None:
+            """Count a VM's rows and release it."""
+            vm = self.vms[side]
+            self._sync_log(side)
+            coverage.update(self.checkers[side].rows_hit)
+            incoming = vm.incoming
             if incoming is not None and incoming.error_desc:
                 DESTINATION_FAILURES[incoming.error_desc] += 1
+            vm.close()
+
+        def teardown(self) -> None:
+            self.backend.close()
+            for side in list(self.vms):
+                self._retire(side)
             self.tmp.cleanup()
 
         # ---------------------------------------------------------- helpers
@@ -149,6 +265,8 @@ def build_machine(profile_name: str = "qemu-7.2") -> type[RuleBasedStateMachine]
             self.serial += 1
             if kind == "bad":
                 return "nope:x"
+            if kind == "file":
+                return f"file:{Path(self.tmp.name) / f'stream-{self.serial}'}"
             if kind == "unreachable":
                 return f"unix:{Path(self.tmp.name) / f'nobody-{self.serial}.sock'}"
             return f"unix:{Path(self.tmp.name) / f'mig-{self.serial}.sock'}"
@@ -183,6 +301,15 @@ def build_machine(profile_name: str = "qemu-7.2") -> type[RuleBasedStateMachine]
                     NON_SPEC_ERRORS[f"{name}: {exc.message}"] += 1
                 return False
 
+        def _settle(self, seconds: float = 0.3) -> None:
+            self.backend.run_until(self.vms["source"], SETTLED, seconds)
+
+        def _listening(self) -> Optional[str]:
+            """A URI the destination listens on (started if need be)."""
+            if self.vms["destination"]._listener is None:
+                self._incoming("destination", self._uri("fresh"))
+            return self.listen_uri
+
         # ---------------------------------------------------------- command rules
         @rule(side=st.sampled_from(SIDES), request=caps)
         def migrate_set_capabilities(self, side: str, request: list) -> None:
@@ -198,7 +325,7 @@ def build_machine(profile_name: str = "qemu-7.2") -> type[RuleBasedStateMachine]
             uri = self.listen_uri or self._uri("unreachable")
             self._execute(side, "migrate", {"uri": uri, "resume": resume})
 
-        @rule(where=st.sampled_from(("bad", "unreachable")))
+        @rule(where=st.sampled_from(("bad", "unreachable", "file")))
         def migrate_elsewhere(self, where: str) -> None:
             self._execute("source", "migrate", {"uri": self._uri(where)})
 
@@ -214,74 +341,72 @@ def build_machine(profile_name: str = "qemu-7.2") -> type[RuleBasedStateMachine]
                 self.listen_uri = uri
 
         @rule(side=st.sampled_from(SIDES), state=st.one_of(st.just(None), statuses))
-        def migrate_continue(self, side: str, state: str | None) -> None:
+        def migrate_continue(self, side: str, state: Optional[str]) -> None:
             """``state`` None: name the side's current status (the useful call)."""
             if state is None:
-                cell = self.vms[side].src_cell
-                state = cell.state
+                state = self.vms[side].src_cell.state
             self._execute(side, "migrate-continue", {"state": state})
 
-        # ---------------------------------------------------------- environment
-        @rule(caps=st.sampled_from(SHORTCUT_CAPS), bandwidth=st.sampled_from((1 << 40, 2 << 20)))
-        def start_migration(self, caps: tuple, bandwidth: int) -> None:
-            """Shortcut into deep states: capabilities, bandwidth (fast: converges at
-            once; slow: stays active for seconds), a listening destination, migrate."""
+        # ---------------------------------------------------------- shortcuts
+        @rule(caps=st.sampled_from(SHORTCUT_CAPS),
+              bandwidth=st.sampled_from((1 << 40, 2 << 20)), settle=st.booleans(),
+              into=st.sampled_from(("destination", "destination", "file")))
+        def start_migration(self, caps: tuple, bandwidth: int, settle: bool,
+                            into: str) -> None:
+            """Into deep states: capabilities on both sides, bandwidth (fast:
+            converges at once; slow: stays active), a listening destination
+            (or a one-way ``file:``, which has no return path), migrate, and
+            (``settle``) time until the source settles."""
             if caps:
                 request = [{"capability": c, "state": True} for c in caps]
                 for side in SIDES:
                     self._execute(side, "migrate-set-capabilities", {"capabilities": request})
             self._execute("source", "migrate-set-parameters", {"max-bandwidth": bandwidth})
-            if self.vms["destination"]._listener is None:
-                self._incoming("destination", self._uri("fresh"))
-            if self.listen_uri:
-                self._execute("source", "migrate", {"uri": self.listen_uri})
+            uri = self._listening() if into == "destination" else self._uri("file")
+            if uri and self._execute("source", "migrate", {"uri": uri}) and settle:
+                self._settle()
 
-        @rule()
-        def start_postcopy_migration(self) -> None:
-            """Shortcut into postcopy: postcopy-ram on both sides, a slow
-            precopy, migrate, migrate-start-postcopy."""
-            request = [{"capability": "postcopy-ram", "state": True}]
+        @rule(pause_first=st.booleans(), settle=st.booleans())
+        def start_postcopy_migration(self, pause_first: bool, settle: bool) -> None:
+            """Into postcopy: postcopy-ram (and maybe pause-before-switchover)
+            on both sides, a slow precopy, migrate, migrate-start-postcopy."""
+            request = [{"capability": "postcopy-ram", "state": True},
+                       {"capability": "pause-before-switchover", "state": pause_first}]
             for side in SIDES:
                 self._execute(side, "migrate-set-capabilities", {"capabilities": request})
             self._execute("source", "migrate-set-parameters", {"max-bandwidth": 2 << 20})
-            if self.vms["destination"]._listener is None:
-                self._incoming("destination", self._uri("fresh"))
-            if self.listen_uri and self._execute("source", "migrate", {"uri": self.listen_uri}):
+            uri = self._listening()
+            if uri and self._execute("source", "migrate", {"uri": uri}):
                 self._execute("source", "migrate-start-postcopy", {})
+                if settle:
+                    self._settle()
 
         @rule()
         def recover(self) -> None:
-            """Shortcut out of postcopy-paused: migrate-recover on the destination,
-            then migrate resume=true to it (refusals are checked as usual)."""
+            """Out of postcopy-paused: migrate-recover on the destination, then
+            migrate resume=true to it (refusals are checked as usual)."""
             uri = self._uri("fresh")
             if self._execute("destination", "migrate-recover", {"uri": uri}):
                 self.listen_uri = uri
                 self._execute("source", "migrate", {"uri": uri, "resume": True})
 
+        # ---------------------------------------------------------- environment
         @rule(seconds=st.sampled_from((2.0, 0.3, 0.05)))
         def time_passes(self, seconds: float) -> None:
-            """Wait (bounded) until the source settles: a terminal status, or one
+            """Time passes until the source settles: a terminal status, or one
             that only a command can leave (see :func:`settled_states`)."""
-            cell = self.vms["source"].src_cell
-            start = cell.state
-            deadline = time.monotonic() + seconds
-            cell.wait_for(lambda s: s != start, timeout=seconds)  # something happens
-            cell.wait_for(lambda s: s in SETTLED, timeout=max(0.0, deadline - time.monotonic()))
+            self.backend.run_until(self.vms["source"], SETTLED, seconds)
 
         @rule()
         def break_channel(self) -> None:
-            """Cut the migration channel if a migration is running.
+            """The migration channel breaks (a reset: data in flight is lost)."""
+            self.backend.break_channel(self.vms, RUNNING)
 
-            Decided inside the rule, not by a precondition: the engine runs on
-            real threads, so a precondition on its state could differ when
-            Hypothesis replays the same choices (FlakyStrategyDefinition)."""
-            source = self.vms["source"]
-            if source._src_driver is not None and source.src_cell.state in RUNNING:
-                source._src_driver.abort()
-
-        @rule(rate=st.sampled_from((0.0, 2000.0, 50000.0)))
-        def workload(self, rate: float) -> None:
-            self._execute("source", "x-livemig-set-workload", {"rate": rate})
+        @rule(side=st.sampled_from(SIDES), amount=st.sampled_from((1, 8, 64)))
+        def vcpu(self, side: str, amount: int) -> None:
+            """The guest works: batches of page writes (on a postcopy
+            destination, faults on missing pages)."""
+            self.backend.vcpu(self.vms[side], amount)
 
         # ---------------------------------------------------------- invariants
         @invariant()
@@ -294,6 +419,9 @@ def build_machine(profile_name: str = "qemu-7.2") -> type[RuleBasedStateMachine]
                                      {"source": vm.caps, "destination": vm.caps})
                 assert not checker.violations, checker.violations
 
+    if backend == "fake":
+        _add_fake_rules(SpecMachine, POSTCOPY)
+
     # Every other command of the table takes no argument or only a URI: one
     # generated rule each, so a command added to the spec is exercised here.
     handwritten = {"migrate", "migrate-incoming", "migrate-continue",
@@ -305,17 +433,137 @@ def build_machine(profile_name: str = "qemu-7.2") -> type[RuleBasedStateMachine]
     # Weighted rules: the ways into deep states are registered more than once,
     # so swarm testing and uniform rule choice still reach them often.
     for copy in range(2, 4):
-        setattr(SpecMachine, f"start_migration_{copy}", SpecMachine.start_migration)
-        setattr(SpecMachine, f"start_postcopy_migration_{copy}",
-                SpecMachine.start_postcopy_migration)
-        setattr(SpecMachine, f"recover_{copy}", SpecMachine.recover)
-        setattr(SpecMachine, f"time_passes_{copy}", SpecMachine.time_passes)
-        setattr(SpecMachine, f"migrate_continue_{copy}", SpecMachine.migrate_continue)
-    SpecMachine.__name__ = f"SpecMachine_{profile_name.replace('-', '_').replace('.', '_')}"
+        for name in ("start_migration", "start_postcopy_migration", "recover", "time_passes",
+                     "migrate_continue") + (("run_threads", "drive_to") if backend == "fake"
+                                            else ()):
+            setattr(SpecMachine, f"{name}_{copy}", getattr(SpecMachine, name))
+    SpecMachine.__name__ = (f"SpecMachine_{backend}_"
+                            f"{profile_name.replace('-', '_').replace('.', '_')}")
     return SpecMachine
 
 
-def _command_rule(name: str, needs_uri: bool):
+def _add_fake_rules(machine: type, postcopy: frozenset[str]) -> None:
+    """Rules only the fake link can offer: exact interleavings and faults."""
+
+    @rule(choice=st.integers(0, 7), quantum=st.sampled_from((1, 3, 20)),
+          chunk=st.sampled_from((64, 4096, 1 << 19)))
+    def run_threads(self, choice: int, quantum: int, chunk: int) -> None:
+        """One simulated thread runs ``quantum`` steps; a destination reads
+        ``chunk`` bytes at a time (small: records and packages arrive torn)."""
+        link = self.backend.link
+        link.read_chunk = chunk
+        link.step(choice, quantum)
+
+    @rule(after=st.sampled_from((0, 1)))
+    def refuse_connect(self, after: int) -> None:
+        """A connect fails: the next one (the main channel, or a resume), or
+        the one after it (the first multifd channel)."""
+        self.backend.link.network.refuse_connect(after)
+
+    @rule()
+    def kill_destination(self) -> None:
+        """The destination process dies; a fresh one (incoming defer) replaces it."""
+        vm = self.vms["destination"]
+        self.backend.link.kill(vm.transport.owner)
+        self._retire("destination")
+        self._new_vm("destination")
+        self.listen_uri = None
+
+    @rule(deep=st.sampled_from(tuple(DEEP_STATES)), return_path=st.booleans())
+    def drive_to(self, deep: str, return_path: bool) -> None:
+        """Initialise into a deep state: capabilities for it on both sides, a
+        listening destination, migrate (and migrate-start-postcopy), then the
+        link runs one step at a time until the state is reached (bounded);
+        paused and recovering states break the channel, then recover.  From a
+        busy state the commands are refused (and checked) as usual."""
+        link = self.backend.link
+        src, dst = self.vms["source"], self.vms["destination"]
+        postcopy_wanted = deep not in PRECOPY_DEEP_STATES
+        request = [{"capability": "postcopy-ram", "state": postcopy_wanted},
+                   {"capability": "pause-before-switchover", "state": "pre-switchover" in deep},
+                   {"capability": "return-path", "state": return_path},
+                   {"capability": "multifd", "state": deep == "multifd-active"}]
+        for side in SIDES:
+            self._execute(side, "migrate-set-capabilities", {"capabilities": request})
+        self._execute("source", "migrate-set-parameters", {"max-bandwidth": 1 << 40})
+        uri = self._listening()
+        if not uri or not self._execute("source", "migrate", {"uri": uri}):
+            return
+        if postcopy_wanted:
+            self._execute("source", "migrate-start-postcopy", {})
+        link.read_chunk = 64 if deep == "listening" else 1 << 19
+        reached = DEEP_STATES[deep]
+        _step_until(link, lambda: reached(self.vms["source"], self.vms["destination"]))
+        if deep in ("postcopy-paused", "postcopy-recover"):
+            link.network.break_connections()
+            link.run()
+        if deep == "postcopy-recover":
+            uri = self._uri("fresh")
+            if self._execute("destination", "migrate-recover", {"uri": uri}):
+                self.listen_uri = uri
+                if self._execute("source", "migrate", {"uri": uri, "resume": True}):
+                    _step_until(link, lambda: src.src_cell.state not in postcopy or
+                                src.src_cell.state != dst.dst_cell.state)
+        link.read_chunk = 1 << 19
+
+    for fn in (run_threads, refuse_connect, kill_destination, drive_to):
+        setattr(machine, fn.__name__, fn)
+
+
+def _step_until(link: Any, done: Callable[[], bool], limit: int = 5000) -> None:
+    """Step the link's runnable tasks in turn, one blocking point at a time,
+    until ``done()`` or nothing can run (or ``limit`` steps)."""
+    for i in range(limit):
+        if done() or link.step(i, 1) is None:
+            return
+
+
+def _deep_states() -> dict[str, Callable[[Any, Any], bool]]:
+    """When :func:`drive_to` has arrived, read from the VMs (status names from
+    spec rows, never written here)."""
+    from livemig.engine.guest import RUN_FINISH_MIGRATE
+    from livemig.engine.postcopy import POSTCOPY_SOURCE_ROWS as SROW
+    from livemig.engine.rows import SOURCE_ROWS
+
+    def status(vm: Any, row: str) -> str:
+        return vm.profile.transition(row).new
+
+    def precopy_active(src: Any, dst: Any) -> bool:
+        return src.src_cell.state == src.st.active and src.source.stats.transferred > 0
+
+    def pre_switchover(src: Any, dst: Any) -> bool:
+        return src.src_cell.state == status(src, SOURCE_ROWS["pre_switchover"])
+
+    def completing(src: Any, dst: Any) -> bool:
+        return src.guest.run_state == RUN_FINISH_MIGRATE and \
+            src.src_cell.state not in src.st.terminal
+
+    def switching(src: Any, dst: Any) -> bool:
+        active = status(src, SROW["switch"])
+        return src.src_cell.state == active and dst.dst_cell.state != active
+
+    def listening(src: Any, dst: Any) -> bool:
+        return dst.dst_cell.state == status(src, SROW["switch"]) and \
+            not dst.incoming.run_requested
+
+    def postcopy_running(src: Any, dst: Any) -> bool:
+        active = status(src, SROW["switch"])
+        return src.src_cell.state == active and dst.dst_cell.state == active and \
+            dst.incoming.run_requested
+
+    return {"precopy-active": precopy_active, "multifd-active": precopy_active,
+            "pre-switchover": pre_switchover, "postcopy-pre-switchover": pre_switchover,
+            "completing": completing, "switching": switching, "listening": listening,
+            "postcopy-active": postcopy_running, "postcopy-paused": postcopy_running,
+            "postcopy-recover": postcopy_running}
+
+
+#: the deep states :func:`drive_to` initialises into, and when it is there
+DEEP_STATES = _deep_states()
+PRECOPY_DEEP_STATES = ("precopy-active", "multifd-active", "pre-switchover", "completing")
+
+
+def _command_rule(name: str, needs_uri: bool) -> Callable:
     @rule(side=st.sampled_from(SIDES))
     def command_rule(self, side: str) -> None:
         args = {"uri": self._uri("fresh")} if needs_uri else {}
@@ -345,13 +593,20 @@ def settled_states(profile: Profile) -> frozenset[str]:
     return frozenset(settled)
 
 
-def coverage_report(profile: Profile, reachable: set[str]) -> tuple[float, str]:
-    """The fraction of ``reachable`` rows hit, and a printable report."""
-    hit = {r for r in reachable if COVERAGE[r]}
-    lines = [f"transition coverage ({profile.name}): {len(hit)}/{len(reachable)} rows the "
-             f"engine can reach were hit"]
+def coverage_report(profile: Profile, reachable: set[str],
+                    backends: tuple[str, ...] = BACKENDS) -> tuple[float, str]:
+    """The fraction of ``reachable`` rows hit by ``backends`` together, and a
+    printable report (one column of hit counts per backend)."""
+    merged: Counter = Counter()
+    for name in backends:
+        merged.update(COVERAGE[name])
+    hit = {r for r in reachable if merged[r]}
+    lines = [f"transition coverage ({profile.name}, {' + '.join(backends)}): "
+             f"{len(hit)}/{len(reachable)} rows the engine can reach were hit",
+             "        " + "".join(f"{b:>9}" for b in backends)]
     for row_id in sorted(reachable):
-        lines.append(f"  {'HIT ' if COVERAGE[row_id] else 'MISS'} {COVERAGE[row_id]:6d}  {row_id}")
+        counts = "".join(f"{COVERAGE[b][row_id]:9d}" for b in backends)
+        lines.append(f"  {'HIT ' if merged[row_id] else 'MISS'}  {counts}  {row_id}")
     if UNIMPLEMENTED:
         lines.append("commands the engine does not implement yet: "
                      + ", ".join(f"{k} ({v})" for k, v in sorted(UNIMPLEMENTED.items())))
