@@ -6,7 +6,8 @@ states and the steps between them.  :func:`steps` turns it into rows of
 dropped.  :func:`render` prints them as a table; :func:`pytest_source` writes
 a test that drives ``livemig.core.cell.StatusCell`` (strict mode) through the
 same rows and checks every capability change against the profile's
-CAP_RULES with the runtime guard evaluator.
+CAP_RULES with the runtime guard evaluator, and a second test that walks the
+same path on the engine (``livemig.conformance.replay``).
 """
 from __future__ import annotations
 
@@ -178,6 +179,17 @@ def pytest_source(trace: dict, invariant: str, expect: str) -> str:
             last = TRACE["states"][-2] if len(TRACE["states"]) > 1 else TRACE["states"][-1]
             postcopy = TRACE["states"][-1].get("postcopy", "NONE")
             assert {expect}
+
+
+        def test_replay_{name}_on_the_engine():
+            """The same path walked by the engine over the fake link: it follows
+            every row, or parts where conformance/replay.py says why."""
+            import pytest
+            from livemig.conformance.replay import engine_supports, replay_on_engine
+            if not engine_supports(TRACE["profile"]):
+                pytest.skip("the engine does not run on " + TRACE["profile"])
+            result = replay_on_engine(TRACE)
+            assert result.complete or result.known_difference, result.explain()
     ''').format(invariant=invariant, profile=trace["profile"], data=data, name=name,
                 expect=expect)
 
