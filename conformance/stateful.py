@@ -66,13 +66,22 @@ DESTINATION_FAILURES: Counter = Counter()
 
 RAM = 2 << 20
 SIDES = ("source", "destination")
-BACKENDS = ("fake", "sockets")
+BACKENDS = ("fake", "sockets", "processes")
 #: capability sets for the deep-state shortcut: the ones that change the
 #: engine's path through the rows (inputs, not rules: the checker decides)
 SHORTCUT_CAPS = ((), ("pause-before-switchover",), ("return-path",),
                  ("events", "pause-before-switchover"), ("xbzrle",), ("postcopy-ram",),
                  ("postcopy-ram", "pause-before-switchover"), ("multifd",),
                  ("multifd", "pause-before-switchover"))
+
+
+#: starts whose migrate cannot get going: (capabilities, kind of URI)
+CONNECT_STARTS = {
+    "bad-uri": ((), "bad"),
+    "nobody-listening": ((), "unreachable"),
+    "file-with-return-path": (("return-path",), "file"),
+    "file-with-multifd": (("multifd",), "file"),
+}
 
 
 def spec_error_patterns(profile: Profile) -> list[re.Pattern]:
@@ -182,19 +191,64 @@ class FakeBackend:
         self.link.close()
 
 
-def _backend(name: str, profile_name: str) -> SocketBackend | FakeBackend:
+class ProcessBackend:
+    """``livemig vm`` processes over QMP and unix sockets: the real engine
+    as its users run it.  Time passing is waiting (bounded) on the
+    processes' transition logs; a broken channel is a killed destination."""
+
+    name = "processes"
+
+    def __init__(self, profile_name: str) -> None:
+        from livemig.conformance.scenarios import LivemigLauncher
+        self.profile_name = profile_name
+        self.launcher = LivemigLauncher(ram="2M", extra=("--workload", "5000"))
+
+    def make_vm(self, role: str, seed: int) -> Any:
+        from livemig.conformance.processvm import ProcessVM
+        return ProcessVM(self.launcher, role, self.profile_name)
+
+    def run_until(self, vm: Any, settled: frozenset[str], seconds: float) -> None:
+        start = vm.src_cell.state
+        deadline = time.monotonic() + seconds
+        vm.wait_until(lambda: vm.src_cell.state != start, seconds)
+        vm.wait_until(lambda: vm.src_cell.state in settled,
+                      max(0.0, deadline - time.monotonic()))
+
+    def break_channel(self, vms: dict[str, Any], running: frozenset[str]) -> None:
+        if vms["source"].src_cell.state in running:
+            vms["destination"].kill()  # the machine replaces it before its next use
+
+    def vcpu(self, vm: Any, amount: int) -> None:
+        if vm.alive:
+            vm.execute("x-livemig-set-workload", {"rate": float(amount) * 1000.0})
+
+    def close(self) -> None:
+        self.launcher.close()
+
+
+def _backend(name: str, profile_name: str) -> SocketBackend | FakeBackend | ProcessBackend:
     if name == "fake":
         return FakeBackend(profile_name)
     if name == "sockets":
         return SocketBackend(profile_name)
+    if name == "processes":
+        return ProcessBackend(profile_name)
     raise ValueError(f"unknown backend {name!r}; expected one of {', '.join(BACKENDS)}")
 
 
 # ==================================================================== the machine
-def build_machine(profile_name: str = "qemu-7.2",
-                  backend: str = "fake") -> type[RuleBasedStateMachine]:
+def starts(backend: str) -> tuple[str, ...]:
+    """Where an example can start on ``backend``: idle, a migrate that cannot
+    get going, or (fake link) a deep state."""
+    return ("idle",) + tuple(CONNECT_STARTS) + (tuple(DEEP_STATES) if backend == "fake"
+                                                else ())
+
+
+def build_machine(profile_name: str = "qemu-7.2", backend: str = "fake",
+                  start_in: Optional[tuple[str, ...]] = None) -> type[RuleBasedStateMachine]:
     """A RuleBasedStateMachine class for the profile (rules from its command
-    table) on ``backend`` (``fake`` or ``sockets``)."""
+    table) on ``backend`` (one of :data:`BACKENDS`); its examples start in one
+    of ``start_in`` (default: every start of :func:`starts`)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
     profile = load_profile(profile_name)
@@ -207,7 +261,11 @@ def build_machine(profile_name: str = "qemu-7.2",
     POSTCOPY = profile.states_of("in_postcopy")
     monitor_rows = {r.id for r in profile.transitions if r.actor == "monitor"}
     coverage = COVERAGE[backend]
-    STARTS = ("idle",) + (tuple(DEEP_STATES) if backend == "fake" else ())
+    STARTS = start_in or starts(backend)
+    unknown = set(STARTS) - set(starts(backend))
+    if unknown:
+        raise ValueError(f"unknown start {sorted(unknown)} for {backend}; expected one of "
+                         f"{', '.join(starts(backend))}")
 
     class SpecMachine(RuleBasedStateMachine):
         """Two VMs driven by spec-generated rules (see the module docstring)."""
@@ -225,17 +283,31 @@ def build_machine(profile_name: str = "qemu-7.2",
 
         # ---------------------------------------------------------- setup
         @initialize(start=st.sampled_from(STARTS), return_path=st.booleans(),
-                    broken=st.booleans())
-        def start_vms(self, start: str, return_path: bool, broken: bool) -> None:
-            """The two VMs; on the fake link most examples then start in a deep
-            state (see ``drive_to``), so each is explored from many times a
-            run, and half of them with the channel broken right there."""
+                    then=st.sampled_from(("stay", "break", "continue")))
+        def start_vms(self, start: str, return_path: bool, then: str) -> None:
+            """The two VMs, then a start: idle; a migration that cannot connect
+            (see :data:`CONNECT_STARTS`); or, on the fake link, a deep state
+            (see ``drive_to``) -- so each is explored from many times a run --
+            left as it is, or with the channel broken right there, or with
+            migrate-continue naming the source's status (and then time to
+            settle, so the rows that follow have fired)."""
             for side in SIDES:
                 self._new_vm(side)
-            if start != "idle":
+            if start in CONNECT_STARTS:
+                caps, uri = CONNECT_STARTS[start]
+                if caps:
+                    self._execute("source", "migrate-set-capabilities", {"capabilities": [
+                        {"capability": c, "state": True} for c in caps]})
+                self._execute("source", "migrate", {"uri": self._uri(uri)})
+            elif start != "idle":
                 self.drive_to(deep=start, return_path=return_path)
-                if broken:
+                if then == "break":
                     self.break_channel()
+                    self._settle()
+                elif then == "continue":
+                    self._execute("source", "migrate-continue",
+                                  {"state": self.vms["source"].src_cell.state})
+                    self._settle()
 
         def _new_vm(self, side: str) -> None:
             vm = self.backend.make_vm(side, seed=1)
@@ -277,8 +349,19 @@ def build_machine(profile_name: str = "qemu-7.2",
             self.consumed[side] += len(new)
             self.checkers[side].feed(new)
 
+        def _replace_exited(self) -> None:
+            """A destination process whose migration failed exits (as QEMU's
+            does): count its rows and start a fresh one."""
+            for side in SIDES:
+                if not getattr(self.vms[side], "alive", True):
+                    self._retire(side)
+                    self._new_vm(side)
+                    if side == "destination":
+                        self.listen_uri = None
+
         def _execute(self, side: str, name: str, args: dict) -> bool:
             """Run a command; True if it was accepted.  A refusal is checked."""
+            self._replace_exited()
             vm = self.vms[side]
             self._sync_log(side)
             before_caps, before_params = dict(vm.caps), dict(vm.params)
@@ -286,8 +369,13 @@ def build_machine(profile_name: str = "qemu-7.2",
             try:
                 vm.execute(name, args)
                 return True
+            except RuntimeError as exc:
+                if getattr(exc, "process_gone", False):
+                    return False  # it exited meanwhile; replaced before the next step
+                raise
             except MigrationError as exc:
-                if type(exc).__name__ == "CommandNotFound":
+                if type(exc).__name__ == "CommandNotFound" or \
+                        getattr(exc, "qmp_class", None) == "CommandNotFound":
                     UNIMPLEMENTED[name] += 1
                     return False
                 assert vm.caps == before_caps, f"refused {name} changed capabilities"
@@ -411,6 +499,7 @@ def build_machine(profile_name: str = "qemu-7.2",
         # ---------------------------------------------------------- invariants
         @invariant()
         def follows_the_spec(self) -> None:
+            self._replace_exited()
             for side, vm in self.vms.items():
                 self._sync_log(side)
                 checker = self.checkers[side]
@@ -438,7 +527,8 @@ def build_machine(profile_name: str = "qemu-7.2",
                                             else ()):
             setattr(SpecMachine, f"{name}_{copy}", getattr(SpecMachine, name))
     SpecMachine.__name__ = (f"SpecMachine_{backend}_"
-                            f"{profile_name.replace('-', '_').replace('.', '_')}")
+                            f"{profile_name.replace('-', '_').replace('.', '_')}"
+                            + (f"_{'_'.join(STARTS).replace('-', '_')}" if start_in else ""))
     return SpecMachine
 
 
