@@ -142,6 +142,15 @@ class SocketBackend:
         cell.wait_for(lambda s: s != start, timeout=seconds)
         cell.wait_for(lambda s: s in settled, timeout=max(0.0, deadline - time.monotonic()))
 
+    def wait(self, done: Callable[[], bool], timeout: float) -> bool:
+        """Look at the VMs until ``done()`` (bounded); True if it came."""
+        deadline = time.monotonic() + timeout
+        while not done():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
     def break_channel(self, vms: dict[str, Any], running: frozenset[str]) -> None:
         source = vms["source"]
         if source._src_driver is not None and source.src_cell.state in running:
@@ -214,6 +223,9 @@ class ProcessBackend:
         vm.wait_until(lambda: vm.src_cell.state in settled,
                       max(0.0, deadline - time.monotonic()))
 
+    def wait(self, done: Callable[[], bool], timeout: float) -> bool:
+        return SocketBackend.wait(self, done, timeout)  # type: ignore[arg-type]
+
     def break_channel(self, vms: dict[str, Any], running: frozenset[str]) -> None:
         if vms["source"].src_cell.state in running:
             vms["destination"].kill()  # the machine replaces it before its next use
@@ -237,11 +249,16 @@ def _backend(name: str, profile_name: str) -> SocketBackend | FakeBackend | Proc
 
 
 # ==================================================================== the machine
+#: deep states the real backends reach with QMP commands and bounded waits
+COMMAND_STARTS = ("pre-switchover", "postcopy-active", "postcopy-paused")
+
+
 def starts(backend: str) -> tuple[str, ...]:
     """Where an example can start on ``backend``: idle, a migrate that cannot
-    get going, or (fake link) a deep state."""
+    get going, or a deep state (every one on the fake link; those commands
+    reach on the real backends)."""
     return ("idle",) + tuple(CONNECT_STARTS) + (tuple(DEEP_STATES) if backend == "fake"
-                                                else ())
+                                                else COMMAND_STARTS)
 
 
 def build_machine(profile_name: str = "qemu-7.2", backend: str = "fake",
@@ -299,6 +316,8 @@ def build_machine(profile_name: str = "qemu-7.2", backend: str = "fake",
                     self._execute("source", "migrate-set-capabilities", {"capabilities": [
                         {"capability": c, "state": True} for c in caps]})
                 self._execute("source", "migrate", {"uri": self._uri(uri)})
+            elif start != "idle" and backend != "fake":
+                self._drive_by_commands(start)
             elif start != "idle":
                 self.drive_to(deep=start, return_path=return_path)
                 if then == "break":
@@ -391,6 +410,32 @@ def build_machine(profile_name: str = "qemu-7.2", backend: str = "fake",
 
         def _settle(self, seconds: float = 0.3) -> None:
             self.backend.run_until(self.vms["source"], SETTLED, seconds)
+
+        def _drive_by_commands(self, deep: str) -> None:
+            """A deep state on real threads: capabilities, a slow postcopy (so
+            it lasts), migrate (and migrate-start-postcopy), a bounded wait
+            for the state, and migrate-pause on the destination for paused."""
+            src, dst = self.vms["source"], self.vms["destination"]
+            postcopy = deep != "pre-switchover"
+            request = [{"capability": "postcopy-ram", "state": postcopy},
+                       {"capability": "pause-before-switchover", "state": not postcopy}]
+            for side in SIDES:
+                self._execute(side, "migrate-set-capabilities", {"capabilities": request})
+            self._execute("source", "migrate-set-parameters",
+                          {"max-bandwidth": 1 << 40, "max-postcopy-bandwidth": 1 << 20})
+            uri = self._listening()
+            if not uri or not self._execute("source", "migrate", {"uri": uri}):
+                return
+            if not postcopy:
+                self.backend.wait(lambda: src.src_cell.state in SETTLED, 20.0)
+                return
+            self._execute("source", "migrate-start-postcopy", {})
+            self.backend.wait(lambda: src.src_cell.state in POSTCOPY and
+                              dst.dst_cell.state in POSTCOPY or
+                              src.src_cell.state in SETTLED, 20.0)
+            if deep == "postcopy-paused":
+                self._execute("destination", "migrate-pause", {})
+                self.backend.wait(lambda: src.src_cell.state in SETTLED, 20.0)
 
         def _listening(self) -> Optional[str]:
             """A URI the destination listens on (started if need be)."""

@@ -6,7 +6,7 @@ livemig/conformance/stateful.py.  The main run is on the fake link
 a migrate that cannot get going, each deep state), so every start is explored
 from the same number of times whatever Hypothesis favours; smaller runs use
 the real drivers on threads and unix sockets, in this process and as
-``livemig vm`` processes driven over QMP.  The coverage test runs after them
+``livemig vm`` processes driven over QMP, from the starts QMP commands reach.  The coverage test runs after them
 in this module and reports which rows the runs hit."""
 import os
 
@@ -21,8 +21,9 @@ from livemig.spec import load_profile
 PROFILE = load_profile("qemu-7.2")
 #: examples per start on the fake link (18 starts)
 FAKE_EXAMPLES = int(os.environ.get("LIVEMIG_STATEFUL_EXAMPLES", "40"))
-SOCKET_EXAMPLES = int(os.environ.get("LIVEMIG_STATEFUL_SOCKET_EXAMPLES", "8"))
-PROCESS_EXAMPLES = int(os.environ.get("LIVEMIG_STATEFUL_PROCESS_EXAMPLES", "5"))
+#: examples per start on the real backends (8 starts each)
+SOCKET_EXAMPLES = int(os.environ.get("LIVEMIG_STATEFUL_SOCKET_EXAMPLES", "2"))
+PROCESS_EXAMPLES = int(os.environ.get("LIVEMIG_STATEFUL_PROCESS_EXAMPLES", "2"))
 SUPPRESS = [HealthCheck.too_slow, HealthCheck.filter_too_much]
 
 
@@ -31,24 +32,24 @@ def _settings(examples: int, steps: int) -> settings:
                     derandomize=True, suppress_health_check=SUPPRESS)
 
 
-FAKE_MACHINES = []
-for _start in starts("fake"):
-    _machine = build_machine(PROFILE.name, backend="fake", start_in=(_start,))
-    _case = _machine.TestCase
-    _case.settings = _settings(FAKE_EXAMPLES, 40)
-    _name = "TestFakeLinkFrom_" + _start.replace("-", "_")
-    _case.__name__ = _case.__qualname__ = _name
-    globals()[_name] = _case
-    FAKE_MACHINES.append(_machine)
-del _start, _machine, _case, _name
+MACHINES = []
 
-SocketMachine = build_machine(PROFILE.name, backend="sockets")
-TestSockets = SocketMachine.TestCase
-TestSockets.settings = _settings(SOCKET_EXAMPLES, 20)
 
-ProcessMachine = build_machine(PROFILE.name, backend="processes")
-TestProcesses = ProcessMachine.TestCase
-TestProcesses.settings = _settings(PROCESS_EXAMPLES, 15)
+def _per_start(backend: str, title: str, examples: int, steps: int) -> None:
+    """One test class per start of ``backend``, named Test<title>From_<start>."""
+    for start in starts(backend):
+        machine = build_machine(PROFILE.name, backend=backend, start_in=(start,))
+        case = machine.TestCase
+        case.settings = _settings(examples, steps)
+        name = f"Test{title}From_{start.replace('-', '_')}"
+        case.__name__ = case.__qualname__ = name
+        globals()[name] = case
+        MACHINES.append(machine)
+
+
+_per_start("fake", "FakeLink", FAKE_EXAMPLES, 40)
+_per_start("sockets", "Sockets", SOCKET_EXAMPLES, 15)
+_per_start("processes", "Processes", PROCESS_EXAMPLES, 12)
 
 #: rows the engine fires (its row tables name every row it uses)
 ENGINE_ROWS = set(ALL_ROW_IDS) | set(POSTCOPY_SOURCE_ROWS.values()) | \
@@ -58,7 +59,7 @@ COVERAGE_FLOOR = 0.95
 
 
 def test_generated_rules_cover_every_command_of_the_spec():
-    for machine in FAKE_MACHINES + [SocketMachine, ProcessMachine]:
+    for machine in MACHINES:
         names = {name for name in dir(machine) if not name.startswith("_")}
         for command in PROFILE.commands:
             assert ("cmd_" + command.name.replace("-", "_")) in names or \

@@ -721,6 +721,9 @@ class PostcopyDestination(DestinationMigration):
         self.closed = False
         self.warning: Optional[str] = None
         self._rp_lock = threading.Lock()
+        #: held by migrate-recover (check + setup event) and by the load thread
+        #: accepting the recovery channel, so the two never interleave
+        self.recover_lock = threading.Lock()
 
     # ------------------------------------------------------------ lifecycle
     def accepted(self) -> bool:

@@ -459,7 +459,7 @@ class PostcopyDestinationDriver(DestinationDriver):
                 continue  # a newer migrate-recover replaced the listener
             listener.close()
             self._recover_listener = None
-            with self._send_lock:
+            with self._send_lock, s.recover_lock:
                 self.chan = chan
                 ok = s.recover_accepted()
             if not ok:

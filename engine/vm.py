@@ -24,6 +24,7 @@ incoming ``setup`` row), MIGRATION_PASS (``events``), STOP and RESUME.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import sys
@@ -327,8 +328,16 @@ class VM:
         return {}
 
     def migrate_recover(self, uri: str) -> dict:
-        """QMP ``migrate-recover``: listen on ``uri`` for the resumed channel."""
-        with self._lock:
+        """QMP ``migrate-recover``: listen on ``uri`` for the resumed channel.
+
+        The state check and the setup event happen under the session's
+        recover lock: the load thread accepting an earlier recovery channel
+        (postcopy-paused -> postcopy-recover) cannot slip in between (QEMU's
+        main loop serialises the two)."""
+        session = self.incoming
+        recover_lock = (session.recover_lock if isinstance(session, PostcopyDestination)
+                        else contextlib.nullcontext())
+        with self._lock, recover_lock:
             args = {"uri": uri}
             env = self._env(args)
             try:
@@ -343,7 +352,6 @@ class VM:
             except OSError as exc:
                 raise CommandError(f"Failed to bind socket: {exc.strerror}") from None
             self._listener = listener
-            session = self.incoming
             assert isinstance(session, PostcopyDestination)
             assert self._dst_driver is not None
             session.recover_listening()
