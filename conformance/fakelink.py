@@ -878,7 +878,7 @@ class FakeDestinationDriver:
             yield chan.readable
             data = chan.recv(self.link.read_chunk)
             if not data:
-                raise StreamError("Input/output error")
+                raise StreamError(s.decoder.w.error("stream_eof"))
             buf = s.get_buffer(len(data))
             buf[:len(data)] = data
             s.buffer_updated(len(data))

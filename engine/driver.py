@@ -362,7 +362,8 @@ class DestinationDriver:
                 buf = s.get_buffer(chunk)[:chunk]
                 n = chan.recv_into(buf)
                 if n == 0:
-                    raise StreamError(self._mf_error or "Input/output error")
+                    raise StreamError(self._mf_error or
+                                      wire_tables(s.profile).error("stream_eof"))
                 got = n
                 # Top up while bytes are waiting: fewer, larger parses, but a
                 # cache-sized working set (the kernel copies into warm memory).

@@ -428,7 +428,7 @@ class PostcopyDestinationDriver(DestinationDriver):
             buf = s.get_buffer(chunk)[:chunk]
             n = chan.recv_into(buf)
             if n == 0:
-                raise StreamError("Input/output error")
+                raise StreamError(s.decoder.w.error("stream_eof"))
             s.buffer_updated(n)
             self._flush_rp()
             if s.run_requested and not started:

@@ -383,6 +383,20 @@ class Profile:
     target_page_size: int = 4096
     alias_map_rules: tuple[AliasMapRule, ...] = ()
 
+    def __hash__(self) -> int:
+        # Profiles key lru_caches on hot paths (a page request's return-path
+        # message); hashing every table each time cost ~0.1 ms, so a profile
+        # (immutable) hashes its fields once.
+        cached = self.__dict__.get("_hash")
+        if cached is None:
+            cached = hash(tuple(getattr(self, f) for f in self.__dataclass_fields__))
+            object.__setattr__(self, "_hash", cached)
+        return cached
+
+    def __getstate__(self) -> dict:
+        # the caches stay behind: string hashes differ between processes
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
     # ---- lookups -------------------------------------------------------
     @property
     def status_names(self) -> tuple[str, ...]:
@@ -409,10 +423,11 @@ class Profile:
         return frozenset(self.group(name).members)
 
     def transition(self, row_id: str) -> Transition:
-        for t in self.transitions:
-            if t.id == row_id:
-                return t
-        raise KeyError(row_id)
+        by_id = self.__dict__.get("_rows_by_id")
+        if by_id is None:  # built once: every fired row is looked up here
+            by_id = {t.id: t for t in self.transitions}
+            object.__setattr__(self, "_rows_by_id", by_id)
+        return by_id[row_id]
 
     def rows(self, side: Side) -> tuple[Transition, ...]:
         return tuple(t for t in self.transitions if t.side == side)

@@ -126,6 +126,7 @@ WIRE = Wire(
         ("resume_illegal", "%s: illegal resume received"),
         ("packaged_bad_length", "Unreasonably large packaged state: %zu"),
         ("rp_open_failed", "Unable to open return-path for postcopy"),
+        ("stream_eof", "Input/output error"),  # strerror(EIO): the stream ended early
         ("multifd_protocol", "multifd is not supported by current protocol"),
     ),
     # qmp_migrate allows several channels only for these (7.2:
