@@ -140,6 +140,11 @@ def check_profile(profile: Profile) -> list[str]:
             problems += _expr_problems(profile, f"command {command.name} {pre.id}", pre.when)
             if pre.state_side not in SIDES:
                 problems.append(f"command {command.name} {pre.id}: unknown side")
+        if command.arg_types is not None and \
+                tuple(a.name for a in command.arg_types) != command.args:
+            problems.append(f"command {command.name}: arg_types "
+                            f"{[a.name for a in command.arg_types]} do not match args "
+                            f"{list(command.args)}")
         for flag in command.sets_flags:
             if flag not in {f.name for f in profile.flags}:
                 problems.append(f"command {command.name}: sets undeclared flag {flag!r}")

@@ -281,8 +281,22 @@ class Precondition:
 
 
 @dataclass(frozen=True)
+class ArgType:
+    """One member of a command's QAPI arguments (migration.json), as QMP's
+    input visitor reads it before the command body runs."""
+
+    name: str
+    type: Literal["str", "bool", "array", "MigrationStatus"]
+    required: bool = False
+
+
+@dataclass(frozen=True)
 class Command:
-    """A QMP migration command and its preconditions in QEMU's order."""
+    """A QMP migration command and its preconditions in QEMU's order.
+
+    ``arg_types`` lists the members in schema order (the order QEMU visits
+    them); ``None`` means the arguments are checked elsewhere (the parameter
+    checker for migrate-set-parameters)."""
 
     name: str
     args: tuple[str, ...]
@@ -290,6 +304,7 @@ class Command:
     doc: str = ""
     allow_oob: bool = False
     sets_flags: tuple[str, ...] = ()
+    arg_types: Optional[tuple[ArgType, ...]] = ()
 
 
 @dataclass(frozen=True)

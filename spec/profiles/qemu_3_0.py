@@ -9,12 +9,14 @@ compress, and its migration_completion has no branch for a state other than
 active/postcopy-active at entry, so a cancel that lands just before
 completion can be overwritten (cancelling -> completed/failed).
 """
+import dataclasses
+
 from livemig.spec.expr import (
     AnyOf, All, Arg, ArgState, Cap, Flag, Host, InState, Not, PostcopyIs, Runstate, TRUE, WasCap,
 )
 from livemig.spec.profiles.wire import WIRE
 from livemig.spec.schema import (
-    CURRENT, Actor, CapRule, Capability, Command, FlagDecl, Group, HostFact, Parameter,
+    CURRENT, Actor, ArgType, CapRule, Capability, Command, FlagDecl, Group, HostFact, Parameter,
     ParamRef, ParamRule, PostcopyHandler, Precondition, Status, Transition, Unreachable,
 )
 
@@ -405,6 +407,9 @@ QAPI_ERRORS = (
     ("unexpected", "Parameter '%s' is unexpected"),
     ("missing", "Parameter '%s' is missing"),
     ("migration_active", "There's a migration process in progress"),
+    # qmp_migrate's own check of the URI's protocol (QERR_INVALID_PARAMETER_VALUE),
+    # after migrate_init: the row src.qmp_migrate.bad_uri
+    ("bad_uri", "Parameter 'uri' expects a valid migration protocol"),
     # QMP's dispatcher, before any member is visited (qmp-dispatch; observed on
     # 7.2 with "arguments": [] / "x" / 1).
     ("arguments_not_object", "QMP input member 'arguments' must be an object"),
@@ -467,5 +472,27 @@ COMMANDS = (
                      "There's a migration process in progress"),
     )),
     Command("migrate-set-parameters", ("...parameters",), (),
-            doc="no migration-state restriction"),
+            doc="no migration-state restriction", arg_types=None),
 )
+
+#: QAPI member types of the commands' arguments (migration.json), in schema
+#: order; a command not named here takes no arguments (any member is
+#: "unexpected"), migrate-set-parameters is the parameter checker's
+ARG_TYPES = {
+    "migrate": (ArgType("uri", "str", required=True), ArgType("blk", "bool"),
+                ArgType("inc", "bool"), ArgType("detach", "bool"), ArgType("resume", "bool")),
+    "migrate-incoming": (ArgType("uri", "str", required=True),),
+    "migrate-continue": (ArgType("state", "MigrationStatus", required=True),),
+    "migrate-recover": (ArgType("uri", "str", required=True),),
+    "migrate-set-capabilities": (ArgType("capabilities", "array", required=True),),
+}
+
+
+def typed(commands: tuple[Command, ...]) -> tuple[Command, ...]:
+    """``commands`` with their ARG_TYPES (migrate-set-parameters keeps None)."""
+    return tuple(c if c.arg_types is None else
+                 dataclasses.replace(c, arg_types=ARG_TYPES.get(c.name, ()))
+                 for c in commands)
+
+
+COMMANDS = typed(COMMANDS)

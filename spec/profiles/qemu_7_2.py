@@ -17,7 +17,7 @@ from livemig.spec.schema import (
     CURRENT, Actor, AliasMapRule, CapRule, Capability, Command, FlagDecl, Group, Parameter,
     ParamRef, ParamRule, Patch, PostcopyHandler, Precondition, Status, Transition, Unreachable,
 )
-from livemig.spec.profiles.qemu_3_0 import COMMANDS as _COMMANDS_3_0
+from livemig.spec.profiles.qemu_3_0 import COMMANDS as _COMMANDS_3_0, typed
 
 #: the migration thread is not asleep in postcopy_pause() (qemu_3_0.postcopy_pause_waiting)
 _THREAD_AWAKE = Not(Flag("postcopy_pause_waiting"))
@@ -456,3 +456,4 @@ COMMANDS = (
     )),
     _COMMANDS_3_0[8],  # migrate-set-parameters: no state restriction
 )
+COMMANDS = typed(COMMANDS)  # the same argument members in 7.2
