@@ -257,7 +257,7 @@ def _backend(name: str, profile_name: str) -> SocketBackend | FakeBackend | Proc
 
 # ==================================================================== the machine
 #: deep states the real backends reach with QMP commands and bounded waits
-COMMAND_STARTS = ("pre-switchover", "postcopy-active", "postcopy-paused")
+COMMAND_STARTS = ("pre-switchover", "postcopy-active", "postcopy-paused", "postcopy-resumed")
 
 
 def starts(backend: str) -> tuple[str, ...]:
@@ -424,7 +424,8 @@ def build_machine(profile_name: str = "qemu-7.2", backend: str = "fake",
         def _drive_by_commands(self, deep: str) -> None:
             """A deep state on real threads: capabilities, a slow postcopy (so
             it lasts), migrate (and migrate-start-postcopy), a bounded wait
-            for the state, and migrate-pause on the destination for paused."""
+            for the state, migrate-pause on the destination for paused, and
+            then migrate-recover + migrate resume=true for resumed."""
             src, dst = self.vms["source"], self.vms["destination"]
             postcopy = deep != "pre-switchover"
             request = [{"capability": "postcopy-ram", "state": postcopy},
@@ -443,9 +444,15 @@ def build_machine(profile_name: str = "qemu-7.2", backend: str = "fake",
             self.backend.wait(lambda: src.src_cell.state in POSTCOPY and
                               dst.dst_cell.state in POSTCOPY or
                               src.src_cell.state in SETTLED, 20.0)
-            if deep == "postcopy-paused":
+            if deep in ("postcopy-paused", "postcopy-resumed"):
                 self._execute("destination", "migrate-pause", {})
-                self.backend.wait(lambda: src.src_cell.state in SETTLED, 20.0)
+                self.backend.wait(lambda: src.src_cell.state in SETTLED and
+                                  dst.dst_cell.state in SETTLED | POSTCOPY, 20.0)
+            if deep == "postcopy-resumed":
+                self.backend.wait(lambda: dst.dst_cell.state == src.src_cell.state, 20.0)
+                self.recover()
+                self.backend.wait(lambda: src.src_cell.state not in SETTLED - {
+                    profile.status_names[0]} or src.src_cell.state in profile.terminal, 20.0)
 
         def _listening(self) -> Optional[str]:
             """A URI the destination listens on (started if need be)."""
