@@ -469,7 +469,11 @@ class VM:
 
     # ------------------------------------------------------------ query-migrate
     def query_migrate(self) -> dict:
-        """QMP ``query-migrate``: destination info, overridden by the source's."""
+        """QMP ``query-migrate``: destination info, overridden by the source's.
+
+        Which source members are shown in which status is the spec's
+        MIGRATION_INFO table (QEMU's fill_source_migration_info); the values
+        come from the session (:meth:`_info_value`)."""
         info: dict[str, Any] = {}
         st = self.st
         if self._listener is not None and self._listener.sock is not None:
@@ -486,48 +490,75 @@ class VM:
         src_state = self.src_cell.state
         if s is None or src_state == st.none:
             return info
-        info = {"status": src_state}
-        now = time.monotonic()
-        in_progress = src_state in (st.active, st.cancelling, st.pre_switchover, st.device) \
-            or src_state in self.profile.states_of("in_postcopy")
-        if in_progress or src_state == st.completed:
-            if s.setup_time is not None:
-                info["setup-time"] = int(s.setup_time * 1000)
-            total = s.total_time if s.total_time is not None else (
-                now - (s.start_time or now))
-            info["total-time"] = int(total * 1000)
-            info["ram"] = self._ram_stats(s)
-            if src_state == st.completed:
-                info["downtime"] = int((s.downtime or 0) * 1000)
-            else:
-                info["expected-downtime"] = int((s.expected_downtime or 0) * 1000)
-            if in_progress:
-                if s.xbzrle is not None:
-                    info["xbzrle-cache"] = s.xbzrle.stats()
-                if self.caps.get("compress"):
-                    info["compression"] = {
-                        "pages": s.stats.compressed_pages, "busy": 0, "busy-rate": 0.0,
-                        "compressed-size": s.stats.compressed_size,
-                        "compression-rate": (s.stats.compressed_pages * s.page_size
-                                             / s.stats.compressed_size)
-                        if s.stats.compressed_size else 0.0}
-                if self.caps.get("auto-converge"):
-                    info["cpu-throttle-percentage"] = s.throttle
-        elif src_state == st.failed and s.error_desc:
-            info["error-desc"] = s.error_desc
+        info = {}
+        for member in self.profile.migration_info:
+            if src_state not in self._info_states(member.states):
+                continue
+            if member.cap is not None and not self.caps.get(member.cap):
+                continue
+            if member.only_if == "throttling" and not s.throttle:
+                continue
+            if member.only_if == "error" and not s.error_desc:
+                continue
+            value = self._info_value(member.name, s, src_state)
+            if value is not None:
+                info[member.name] = value
         return info
 
-    def _ram_stats(self, s: SourceMigration) -> dict:
+    def _info_states(self, names: tuple[str, ...]) -> frozenset[str]:
+        out: set[str] = set()
+        for name in names:
+            out |= self.profile.states_of(name)
+        return frozenset(out)
+
+    def _info_value(self, name: str, s: SourceMigration, state: str) -> Any:
+        """One MigrationInfo member's value (None: nothing to show, e.g. an
+        xbzrle cache the migration never had because the capability came on
+        later)."""
+        completed = state == self.st.completed
+        if name == "status":
+            return state
+        if name == "setup-time":
+            return int((s.setup_time or 0) * 1000)
+        if name == "total-time":
+            total = s.total_time if s.total_time is not None else (
+                time.monotonic() - (s.start_time or time.monotonic()))
+            return int(total * 1000)
+        if name == "expected-downtime":
+            return int((s.expected_downtime or 0) * 1000)
+        if name == "downtime":
+            return int((s.downtime or 0) * 1000)
+        if name == "ram":
+            return self._ram_stats(s, completed)
+        if name == "xbzrle-cache":
+            return s.xbzrle.stats() if s.xbzrle is not None else None
+        if name == "compression":
+            return {"pages": s.stats.compressed_pages, "busy": 0, "busy-rate": 0.0,
+                    "compressed-size": s.stats.compressed_size,
+                    "compression-rate": (s.stats.compressed_pages * s.page_size
+                                         / s.stats.compressed_size)
+                    if s.stats.compressed_size else 0.0}
+        if name == "cpu-throttle-percentage":
+            return s.throttle
+        if name == "error-desc":
+            return s.error_desc
+        raise KeyError(f"MigrationInfo member {name!r} of the spec has no value in the engine")
+
+    def _ram_stats(self, s: SourceMigration, completed: bool) -> dict:
         ps = s.page_size
         total = self.guest.total_bytes()
-        remaining = s.remaining_bytes() if self.src_cell.state != self.st.completed else 0
         x = s.stats
+        # QEMU fills remaining and dirty-pages-rate only before completion
+        # (zero-initialised members after)
+        remaining = 0 if completed else s.remaining_bytes()
         return {
             "transferred": x.transferred, "remaining": remaining, "total": total,
             "duplicate": x.duplicate, "skipped": 0, "normal": x.normal,
-            "normal-bytes": x.normal_bytes, "dirty-pages-rate": x.dirty_pages_rate,
+            "normal-bytes": x.normal_bytes,
+            "dirty-pages-rate": 0 if completed else x.dirty_pages_rate,
             "mbps": round(x.mbps, 3), "dirty-sync-count": x.dirty_sync_count,
-            "postcopy-requests": getattr(s, "postcopy_requests", 0), "page-size": ps, "multifd-bytes": x.multifd_bytes,
+            "postcopy-requests": getattr(s, "postcopy_requests", 0), "page-size": ps,
+            "multifd-bytes": x.multifd_bytes,
             "pages-per-second": x.pages_per_second, "precopy-bytes": x.precopy_bytes,
             "downtime-bytes": x.downtime_bytes,
             "postcopy-bytes": getattr(s, "postcopy_bytes", 0),

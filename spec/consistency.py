@@ -148,6 +148,14 @@ def check_profile(profile: Profile) -> list[str]:
         for flag in command.sets_flags:
             if flag not in {f.name for f in profile.flags}:
                 problems.append(f"command {command.name}: sets undeclared flag {flag!r}")
+    known_states = set(profile.status_names) | {g.name for g in profile.groups}
+    for member in profile.migration_info:
+        for state in member.states:
+            if state not in known_states:
+                problems.append(f"MIGRATION_INFO {member.name}: unknown state or group "
+                                f"{state!r}")
+        if member.cap is not None and member.cap not in profile.capability_names():
+            problems.append(f"MIGRATION_INFO {member.name}: unknown capability {member.cap!r}")
     for table_name, table in (("MIG_CMD", profile.wire.commands),
                               ("MIG_RP_MSG", profile.wire.return_path)):
         values = [m.value for m in table]

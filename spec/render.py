@@ -25,6 +25,7 @@ TABLES = (
     ("param_rules", "Parameter rules (first failure wins)"),
     ("qapi_errors", "QAPI input errors"),
     ("commands", "QMP commands"),
+    ("migration_info", "query-migrate members (source)"),
 )
 
 

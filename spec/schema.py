@@ -112,6 +112,21 @@ class Transition:
 
 
 @dataclass(frozen=True)
+class InfoField:
+    """A member of the source's query-migrate answer (MigrationInfo) and when
+    QEMU's fill_source_migration_info shows it: in ``states`` (statuses or
+    groups), with capability ``cap`` on (if named), and ``only_if``
+    ``"throttling"`` (auto-converge has throttled the vCPU) or ``"error"`` (the
+    migration recorded an error)."""
+
+    name: str
+    states: tuple[str, ...]
+    cap: Optional[str] = None
+    only_if: Optional[Literal["throttling", "error"]] = None
+    doc: str = ""
+
+
+@dataclass(frozen=True)
 class Unreachable:
     """A status declared unreachable on a side, with the reason."""
 
@@ -397,6 +412,7 @@ class Profile:
     wire: Wire
     target_page_size: int = 4096
     alias_map_rules: tuple[AliasMapRule, ...] = ()
+    migration_info: tuple[InfoField, ...] = ()
 
     def __hash__(self) -> int:
         # Profiles key lru_caches on hot paths (a page request's return-path

@@ -16,7 +16,8 @@ from livemig.spec.expr import (
 )
 from livemig.spec.profiles.wire import WIRE
 from livemig.spec.schema import (
-    CURRENT, Actor, ArgType, CapRule, Capability, Command, FlagDecl, Group, HostFact, Parameter,
+    CURRENT, Actor, ArgType, CapRule, Capability, Command, FlagDecl, Group, HostFact, InfoField,
+    Parameter,
     ParamRef, ParamRule, PostcopyHandler, Precondition, Status, Transition, Unreachable,
 )
 
@@ -496,3 +497,26 @@ def typed(commands: tuple[Command, ...]) -> tuple[Command, ...]:
 
 
 COMMANDS = typed(COMMANDS)
+
+# ---------------------------------------------------------------- query-migrate
+#: statuses in which fill_source_migration_info shows times and RAM counters
+_IN_PROGRESS = ("active", "cancelling", "postcopy-active", "pre-switchover", "device",
+                "postcopy-paused", "postcopy-recover")
+
+#: the source's MigrationInfo members and when they are shown
+#: (fill_source_migration_info, populate_ram_info; "none" shows nothing of
+#: the source, so the destination's status stands)
+MIGRATION_INFO = (
+    InfoField("status", ("setup",) + _IN_PROGRESS + ("colo", "completed", "failed",
+                                                     "cancelled")),
+    InfoField("setup-time", _IN_PROGRESS + ("completed",)),
+    InfoField("total-time", _IN_PROGRESS + ("completed",),
+              doc="migrate -> now while in progress; the whole migration once completed"),
+    InfoField("expected-downtime", _IN_PROGRESS),
+    InfoField("downtime", ("completed",)),
+    InfoField("ram", _IN_PROGRESS + ("completed",),
+              doc="remaining and dirty-pages-rate read 0 once completed"),
+    InfoField("xbzrle-cache", _IN_PROGRESS + ("completed",), cap="xbzrle"),
+    InfoField("cpu-throttle-percentage", _IN_PROGRESS + ("completed",), only_if="throttling"),
+    InfoField("error-desc", ("failed",), only_if="error"),
+)

@@ -14,7 +14,8 @@ from livemig.spec.expr import (
     AnyOf, All, Arg, Cap, Flag, Host, InState, Not, Param, Runstate, WasCap,
 )
 from livemig.spec.schema import (
-    CURRENT, Actor, AliasMapRule, CapRule, Capability, Command, FlagDecl, Group, Parameter,
+    CURRENT, Actor, AliasMapRule, CapRule, Capability, Command, FlagDecl, Group, InfoField,
+    Parameter,
     ParamRef, ParamRule, Patch, PostcopyHandler, Precondition, Status, Transition, Unreachable,
 )
 from livemig.spec.profiles.qemu_3_0 import COMMANDS as _COMMANDS_3_0, typed
@@ -457,3 +458,15 @@ COMMANDS = (
     _COMMANDS_3_0[8],  # migrate-set-parameters: no state restriction
 )
 COMMANDS = typed(COMMANDS)  # the same argument members in 7.2
+
+_IN_PROGRESS = ("active", "cancelling", "postcopy-active", "pre-switchover", "device",
+                "postcopy-paused", "postcopy-recover")
+MIGRATION_INFO = Patch(
+    replace=(
+        InfoField("status", ("setup", "wait-unplug") + _IN_PROGRESS + (
+            "colo", "completed", "failed", "cancelled")),
+    ),
+    add=(
+        InfoField("compression", _IN_PROGRESS + ("completed",), cap="compress"),
+    ),
+)

@@ -1,0 +1,94 @@
+"""query-migrate on the source: which MigrationInfo members each status shows
+(the spec's MIGRATION_INFO, QEMU's fill_source_migration_info), checked on the
+engine over the fake link in each status."""
+from livemig.conformance.fakelink import FakeLink
+from livemig.engine.vm import VM
+
+RAM = 1 << 20
+TIMES_AND_RAM = {"status", "setup-time", "total-time", "expected-downtime", "ram"}
+DONE = {"status", "setup-time", "total-time", "downtime", "ram"}
+
+
+def pair(caps=()):
+    link = FakeLink()
+    src = VM(ram_size=RAM, seed=2, vcpu_thread=False, transport=link.transport("src"))
+    dst = VM(ram_size=RAM, incoming="defer", vcpu_thread=False, transport=link.transport("dst"))
+    if caps:
+        request = [{"capability": c, "state": True} for c in caps]
+        for vm in (src, dst):
+            vm.execute("migrate-set-capabilities", {"capabilities": request})
+    dst.execute("migrate-incoming", {"uri": "unix:/info/mig.sock"})
+    src.execute("migrate", {"uri": "unix:/info/mig.sock"})
+    return link, src, dst
+
+
+def step_until(link, done, limit=2000):
+    for i in range(limit):
+        if done() or link.step(i) is None:
+            break
+    assert done()
+
+
+def test_nothing_before_a_migration():
+    vm = VM(ram_size=RAM, vcpu_thread=False, transport=FakeLink().transport("x"))
+    assert vm.query_migrate() == {}
+
+
+def test_setup_shows_only_the_status():
+    link, src, dst = pair()
+    assert src.query_migrate() == {"status": "setup"}
+
+
+def test_active_shows_times_and_ram_then_completed_the_downtime():
+    link, src, dst = pair(caps=("xbzrle",))
+    step_until(link, lambda: src.src_cell.state == "active")
+    info = src.query_migrate()
+    assert set(info) == TIMES_AND_RAM | {"xbzrle-cache"}
+    assert info["ram"]["remaining"] > 0
+    link.run()
+    info = src.query_migrate()
+    assert info["status"] == "completed"
+    assert set(info) == DONE | {"xbzrle-cache"}
+    assert info["ram"]["remaining"] == 0 and info["ram"]["dirty-pages-rate"] == 0
+
+
+def test_compression_is_shown_with_compress_even_once_completed():
+    link, src, dst = pair(caps=("compress",))
+    link.run()
+    assert set(src.query_migrate()) == DONE | {"compression"}
+
+
+def test_pre_switchover_and_postcopy_paused_are_in_progress():
+    link, src, dst = pair(caps=("pause-before-switchover",))
+    step_until(link, lambda: src.src_cell.state == "pre-switchover")
+    assert set(src.query_migrate()) == TIMES_AND_RAM
+
+    link, src, dst = pair(caps=("postcopy-ram",))
+    src.execute("migrate-start-postcopy")
+    step_until(link, lambda: dst.incoming.run_requested)
+    link.network.break_connections()
+    link.run()
+    assert src.src_cell.state == "postcopy-paused"
+    assert set(src.query_migrate()) == TIMES_AND_RAM
+
+
+def test_failed_shows_the_error_and_cancelled_only_the_status():
+    link, src, dst = pair()
+    step_until(link, lambda: src.src_cell.state == "active")
+    link.network.break_connections()
+    link.run()
+    info = src.query_migrate()
+    assert info["status"] == "failed" and set(info) == {"status", "error-desc"}
+
+    link, src, dst = pair()
+    step_until(link, lambda: src.src_cell.state == "active")
+    src.execute("migrate_cancel")
+    link.run()
+    assert src.query_migrate() == {"status": "cancelled"}
+
+
+def test_every_member_of_the_table_has_a_value_in_the_engine():
+    link, src, dst = pair()
+    link.run()
+    for member in src.profile.migration_info:
+        src._info_value(member.name, src.source, "completed")  # raises if unknown
