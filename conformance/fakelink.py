@@ -362,6 +362,25 @@ class FakeLink:
     def transport(self, owner: str) -> "FakeTransport":
         return FakeTransport(self, owner)
 
+    def vm_pair(self, *, ram: int, caps: Iterable[str] = (), listen: Optional[str] = None,
+                seed: int = 1, profile: Optional[str] = None) -> tuple[Any, Any]:
+        """A source VM and a destination VM (``-incoming defer``) on this link,
+        both with ``caps`` on, the destination listening on ``listen`` if given."""
+        from livemig.engine.vm import VM
+        from livemig.spec import DEFAULT_PROFILE
+        name = profile or DEFAULT_PROFILE
+        src = VM(ram_size=ram, profile=name, seed=seed, vcpu_thread=False,
+                 transport=self.transport("source"))
+        dst = VM(ram_size=ram, profile=name, incoming="defer", vcpu_thread=False,
+                 transport=self.transport("destination"))
+        request = [{"capability": c, "state": True} for c in caps]
+        if request:
+            for vm in (src, dst):
+                vm.execute("migrate-set-capabilities", {"capabilities": request})
+        if listen is not None:
+            dst.execute("migrate-incoming", {"uri": listen})
+        return src, dst
+
 
 class FakeTransport:
     """``VM(transport=...)``: listeners and drivers on the fake link."""

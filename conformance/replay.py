@@ -110,15 +110,12 @@ class _Divergence(Exception):
 
 def replay_on_engine(trace: dict, *, max_steps: int = 20000) -> EngineReplay:
     """Walk ``trace`` (a counterexample's JSON) on the engine; see the module."""
-    from livemig.engine.vm import VM
 
     profile = load_profile(trace["profile"])
     sides = list(trace.get("sides", ("source",)))
     link = FakeLink()
-    vms = {"source": VM(ram_size=RAM, profile=profile.name, seed=1, vcpu_thread=False,
-                        transport=link.transport("source")),
-           "destination": VM(ram_size=RAM, profile=profile.name, incoming="defer",
-                             vcpu_thread=False, transport=link.transport("destination"))}
+    source, destination = link.vm_pair(ram=RAM, profile=profile.name)
+    vms = {"source": source, "destination": destination}
     result = EngineReplay(profile.name)
     marks = {side: 0 for side in vms}
 

@@ -2,20 +2,12 @@
 in-memory network (livemig/conformance/fakelink.py).  Deterministic: the
 same steps give the same rows, byte for byte."""
 from livemig.conformance.fakelink import FakeLink
-from livemig.engine.vm import VM
 
 RAM = 2 << 20
 
 
 def pair(link, caps=()):
-    src = VM(ram_size=RAM, seed=3, vcpu_thread=False, transport=link.transport("src"))
-    dst = VM(ram_size=RAM, incoming="defer", vcpu_thread=False, transport=link.transport("dst"))
-    if caps:
-        request = [{"capability": c, "state": True} for c in caps]
-        for vm in (src, dst):
-            vm.execute("migrate-set-capabilities", {"capabilities": request})
-    dst.execute("migrate-incoming", {"uri": "unix:/fake/mig.sock"})
-    return src, dst
+    return link.vm_pair(ram=RAM, caps=caps, listen="unix:/fake/mig.sock", seed=3)
 
 
 def settle(link, vm):
@@ -94,7 +86,7 @@ def test_killed_destination_fails_the_source_and_restarts_its_guest():
             break
         link.step(i)
     assert src.src_cell.state == "active"
-    link.kill("dst")
+    link.kill("destination")
     link.run()
     assert src.src_cell.state == "failed"
     assert src.query_migrate()["error-desc"] in ("Broken pipe", "Connection reset by peer")

@@ -11,13 +11,7 @@ DONE = {"status", "setup-time", "total-time", "downtime", "ram"}
 
 def pair(caps=()):
     link = FakeLink()
-    src = VM(ram_size=RAM, seed=2, vcpu_thread=False, transport=link.transport("src"))
-    dst = VM(ram_size=RAM, incoming="defer", vcpu_thread=False, transport=link.transport("dst"))
-    if caps:
-        request = [{"capability": c, "state": True} for c in caps]
-        for vm in (src, dst):
-            vm.execute("migrate-set-capabilities", {"capabilities": request})
-    dst.execute("migrate-incoming", {"uri": "unix:/info/mig.sock"})
+    src, dst = link.vm_pair(ram=RAM, caps=caps, listen="unix:/info/mig.sock", seed=2)
     src.execute("migrate", {"uri": "unix:/info/mig.sock"})
     return link, src, dst
 
