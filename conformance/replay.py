@@ -110,7 +110,6 @@ class _Divergence(Exception):
 
 def replay_on_engine(trace: dict, *, max_steps: int = 20000) -> EngineReplay:
     """Walk ``trace`` (a counterexample's JSON) on the engine; see the module."""
-
     profile = load_profile(trace["profile"])
     sides = list(trace.get("sides", ("source",)))
     link = FakeLink()
