@@ -136,46 +136,31 @@ class Launcher(Protocol):
         """Kill every process this launcher started (idempotent)."""
 
 
-class QemuLauncher:
-    """Starts ``qemu-system-x86_64`` processes booting the test guest."""
+class _Launcher:
+    """What both launchers share: a work directory (temporary unless given),
+    processes in their own session with output to a log, killed on close."""
 
-    def __init__(self, binary: Optional[str] = None, workdir: Optional[str] = None,
-                 ram: str = guest.RAM, monitor_socket: bool = False) -> None:
-        self.binary = binary or shutil.which("qemu-system-x86_64")
-        if self.binary is None:
-            raise FileNotFoundError("qemu-system-x86_64 is not installed")
-        self._tmp = None
+    def __init__(self, workdir: Optional[str], ram: str) -> None:
+        self._tmp: Optional[tempfile.TemporaryDirectory] = None
         if workdir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="livemig-scn-")
             workdir = self._tmp.name
         self.workdir = workdir
         self.ram = ram
-        self.monitor_socket = monitor_socket
         self.processes: list[Process] = []
 
-    def _start(self, name: str, extra: list[str]) -> Process:
-        qmp = os.path.join(self.workdir, f"{name}-qmp.sock")
-        serial = os.path.join(self.workdir, f"{name}-serial.log")
-        log = os.path.join(self.workdir, f"{name}.log")
-        argv = [self.binary, *guest.machine_args(f"file:{serial}", ram=self.ram),
-                "-name", name, "-qmp", f"unix:{qmp},server=on,wait=off"]
-        mon = None
-        if self.monitor_socket:
-            mon = os.path.join(self.workdir, f"{name}-mon.sock")
-            argv += ["-qmp", f"unix:{mon},server=on,wait=off"]
-        argv += extra
+    def _path(self, name: str, suffix: str) -> str:
+        return os.path.join(self.workdir, f"{name}{suffix}")
+
+    def _spawn(self, name: str, argv: list[str], qmp: str, serial: Optional[str] = None,
+               monitor: Optional[str] = None) -> Process:
+        log = self._path(name, ".log")
         with open(log, "wb") as out:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
                                     stderr=subprocess.STDOUT, start_new_session=True)
-        p = Process(name, qmp, proc, serial, log, mon)
+        p = Process(name, qmp, proc, serial, log, monitor)
         self.processes.append(p)
         return p
-
-    def start_source(self) -> Process:
-        return self._start(f"src{len(self.processes)}", [])
-
-    def start_destination(self, incoming_uri: str) -> Process:
-        return self._start(f"dst{len(self.processes)}", ["-incoming", incoming_uri])
 
     def close(self) -> None:
         for p in self.processes:
@@ -186,7 +171,36 @@ class QemuLauncher:
             self._tmp = None
 
 
-class LivemigLauncher:
+class QemuLauncher(_Launcher):
+    """Starts ``qemu-system-x86_64`` processes booting the test guest."""
+
+    def __init__(self, binary: Optional[str] = None, workdir: Optional[str] = None,
+                 ram: str = guest.RAM, monitor_socket: bool = False) -> None:
+        self.binary = binary or shutil.which("qemu-system-x86_64")
+        if self.binary is None:
+            raise FileNotFoundError("qemu-system-x86_64 is not installed")
+        super().__init__(workdir, ram)
+        self.monitor_socket = monitor_socket
+
+    def _start(self, name: str, extra: list[str]) -> Process:
+        qmp = self._path(name, "-qmp.sock")
+        serial = self._path(name, "-serial.log")
+        argv = [self.binary, *guest.machine_args(f"file:{serial}", ram=self.ram),
+                "-name", name, "-qmp", f"unix:{qmp},server=on,wait=off"]
+        mon = None
+        if self.monitor_socket:
+            mon = self._path(name, "-mon.sock")
+            argv += ["-qmp", f"unix:{mon},server=on,wait=off"]
+        return self._spawn(name, argv + extra, qmp, serial, mon)
+
+    def start_source(self) -> Process:
+        return self._start(f"src{len(self.processes)}", [])
+
+    def start_destination(self, incoming_uri: str) -> Process:
+        return self._start(f"dst{len(self.processes)}", ["-incoming", incoming_uri])
+
+
+class LivemigLauncher(_Launcher):
     """Starts ``livemig vm --qmp`` processes (the engine) instead of QEMU.
 
     The engine's own guest dirties memory (``--workload``); it has no serial
@@ -199,26 +213,14 @@ class LivemigLauncher:
         import sys
 
         self.python = python or sys.executable
-        self._tmp = None
-        if workdir is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="livemig-scn-")
-            workdir = self._tmp.name
-        self.workdir = workdir
-        self.ram = ram
+        super().__init__(workdir, ram)
         self.extra = extra
-        self.processes: list[Process] = []
 
     def _start(self, name: str, extra: list[str]) -> Process:
-        qmp = os.path.join(self.workdir, f"{name}-qmp.sock")
-        log = os.path.join(self.workdir, f"{name}.log")
+        qmp = self._path(name, "-qmp.sock")
         argv = [self.python, "-m", "livemig", "vm", "--qmp", f"unix:{qmp}", "--ram", self.ram,
-                "--log", log + ".ndjson", *self.extra, *extra]
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
-        p = Process(name, qmp, proc, None, log)
-        self.processes.append(p)
-        return p
+                "--log", self._path(name, ".log.ndjson"), *self.extra, *extra]
+        return self._spawn(name, argv, qmp)
 
     def start_source(self) -> Process:
         return self._start(f"src{len(self.processes)}", [])
@@ -230,14 +232,6 @@ class LivemigLauncher:
         """The engine runs QEMU's memory check itself (``x-livemig-check-memory``)."""
         r = session.command("x-livemig-check-memory")
         return bool(r["ok"]), list(r.get("messages", []))
-
-    def close(self) -> None:
-        for p in self.processes:
-            p.kill()
-        self.processes.clear()
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
 
 
 # ---------------------------------------------------------------- results
