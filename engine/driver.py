@@ -118,18 +118,24 @@ class SourceDriver:
         self._continue.set()
 
     # ------------------------------------------------------------ thread
+    def _connect_main(self) -> bool:
+        """Open the main channel and run migrate_fd_connect's checks on it;
+        False (the session has failed) if the migration cannot go on."""
+        s = self.session
+        try:
+            self.chan = connect(self.uri)
+        except OSError as exc:
+            s.connect_error(_os_text(exc))
+            return False
+        return s.channel_connected(self.uri.protocol, self.chan.bidirectional)
+
     def _run(self) -> None:
         s = self.session
         st = s.st
         guest = s.guest
         in_completion = False
         try:
-            try:
-                self.chan = connect(self.uri)
-            except OSError as exc:
-                s.connect_error(_os_text(exc))
-                return
-            if not s.channel_connected(self.uri.protocol, self.chan.bidirectional):
+            if not self._connect_main():
                 return
             try:
                 for ch in range(1, s.multifd_channels + 1):

@@ -89,12 +89,7 @@ class PostcopySourceDriver(SourceDriver):
         guest = s.guest
         in_completion = False
         try:
-            try:
-                self.chan = connect(self.uri)
-            except OSError as exc:
-                s.connect_error(_text(exc))
-                return
-            if not s.channel_connected(self.uri.protocol, self.chan.bidirectional):
+            if not self._connect_main():
                 return
             if self._abort.is_set():
                 return
