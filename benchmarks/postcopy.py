@@ -21,62 +21,18 @@ Run:  /tmp/v0/bin/python benchmarks/postcopy.py [--size 1G] [--latency-size 256M
 from __future__ import annotations
 
 import argparse
-import asyncio
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from qemu.qmp import QMPClient
+from livemig.engine.qmpprocess import QMPProcess
 
 
-class Node:
-    """One ``livemig vm`` process with a synchronous qemu.qmp client."""
-
-    def __init__(self, tmp: Path, name: str, *extra: str) -> None:
-        qmp = str(tmp / f"{name}.qmp")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "livemig", "vm", "--qmp", f"unix:{qmp}", *extra],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        self.loop = asyncio.new_event_loop()
-        deadline = time.monotonic() + 120
-        while not os.path.exists(qmp):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{name} did not start: {self.proc.stderr.read()!r}")
-            time.sleep(0.05)
-        self.qmp = QMPClient(name)
-        self.loop.run_until_complete(asyncio.wait_for(self.qmp.connect(qmp), 60))
-
-    def cmd(self, name: str, **args):
-        return self.loop.run_until_complete(
-            asyncio.wait_for(self.qmp.execute(name, args or None), 120))
-
-    def wait(self, wanted: set, timeout: float = 600.0) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            info = self.cmd("query-migrate")
-            if info.get("status") in wanted:
-                return info
-            time.sleep(0.05)
-        raise RuntimeError(f"status never reached {wanted}")
-
-    def close(self) -> None:
-        try:
-            self.cmd("quit")
-        except Exception:
-            pass
-        try:
-            self.loop.run_until_complete(asyncio.wait_for(self.qmp.disconnect(), 5))
-        except Exception:
-            pass
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-        self.loop.close()
+def Node(tmp: Path, name: str, *extra: str) -> QMPProcess:
+    """A ``livemig vm`` process named ``name`` with its QMP socket in ``tmp``."""
+    qmp = str(tmp / f"{name}.qmp")
+    return QMPProcess([sys.executable, "-m", "livemig", "vm", "--qmp", f"unix:{qmp}", *extra],
+                      qmp, name=name)
 
 
 def run(tmp: Path, size: str, transport: str, *, src_workload: float, dst_rate: float,
@@ -99,8 +55,8 @@ def run(tmp: Path, size: str, transport: str, *, src_workload: float, dst_rate: 
             uri = f"tcp:{addr['host']}:{addr['port']}"
         src.cmd("migrate", uri=uri)
         src.cmd("migrate-start-postcopy")
-        sinfo = src.wait({"completed", "failed"})
-        dinfo = dst.wait({"completed", "failed"})
+        sinfo = src.wait_status({"completed", "failed"})
+        dinfo = dst.wait_status({"completed", "failed"})
         dst.cmd("stop")
         check = dst.cmd("x-livemig-check-memory")
         return sinfo, dinfo, check

@@ -25,56 +25,25 @@ the ratio QEMU time / livemig time (> 1 means livemig is faster).  With
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-from qemu.qmp import QMPClient
+
+from livemig.engine.qmpprocess import QMPProcess
 
 QEMU = shutil.which("qemu-system-x86_64")
 BIG = 1 << 40
 
 
-class Node:
+def Node(argv: list[str], qmp_path: str) -> QMPProcess:
     """One VM process (livemig or QEMU) with a synchronous QMP client."""
-
-    def __init__(self, argv: list[str], qmp_path: str) -> None:
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        self.loop = asyncio.new_event_loop()
-        deadline = time.monotonic() + 60
-        while not os.path.exists(qmp_path):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{argv[0]} did not start: {self.proc.stderr.read()!r}")
-            time.sleep(0.05)
-        self.qmp = QMPClient("bench")
-        self.loop.run_until_complete(asyncio.wait_for(self.qmp.connect(qmp_path), 60))
-
-    def cmd(self, name: str, **args):
-        return self.loop.run_until_complete(
-            asyncio.wait_for(self.qmp.execute(name, args or None), 120))
-
-    def close(self) -> None:
-        try:
-            self.cmd("quit")
-        except Exception:
-            pass
-        try:
-            self.loop.run_until_complete(asyncio.wait_for(self.qmp.disconnect(), 5))
-        except Exception:
-            pass
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.loop.close()
+    return QMPProcess(argv, qmp_path, name="bench")
 
 
 def make_file(path: Path, size: int, kind: str) -> None:

@@ -14,9 +14,7 @@ check.
 """
 from __future__ import annotations
 
-import asyncio
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,43 +23,8 @@ from typing import Any
 from livemig.engine.cli import print_summary
 from livemig.engine.guest import RUN_RUNNING, parse_size
 from livemig.engine.postcopy import postcopy_statuses
+from livemig.engine.qmpprocess import QMPProcess
 from livemig.engine.vm import VM
-
-
-class _QMPProcess:
-    """A ``livemig vm`` process with a synchronous qemu.qmp client."""
-
-    def __init__(self, argv: list[str], qmp_path: str, timeout: float = 30.0) -> None:
-        from qemu.qmp import QMPClient
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        self.loop = asyncio.new_event_loop()
-        deadline = time.monotonic() + timeout
-        while not os.path.exists(qmp_path):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the destination did not start")
-            time.sleep(0.05)
-        self.qmp = QMPClient("livemig-demo")
-        self.loop.run_until_complete(asyncio.wait_for(self.qmp.connect(qmp_path), timeout))
-
-    def cmd(self, name: str, **args: Any) -> Any:
-        return self.loop.run_until_complete(
-            asyncio.wait_for(self.qmp.execute(name, args or None), 60))
-
-    def close(self) -> None:
-        try:
-            self.cmd("quit")
-        except Exception:
-            pass
-        try:
-            self.loop.run_until_complete(asyncio.wait_for(self.qmp.disconnect(), 5))
-        except Exception:
-            pass
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-        self.loop.close()
 
 
 def run_postcopy_demo(console: Any, *, ram: str = "128M", workload: float = 20000.0,
@@ -77,7 +40,7 @@ def run_postcopy_demo(console: Any, *, ram: str = "128M", workload: float = 2000
                       f"(destination: livemig vm --qmp, driven by qemu.qmp)")
         dst = src = None
         try:
-            dst = _QMPProcess([sys.executable, "-m", "livemig", "vm", "--qmp",
+            dst = QMPProcess([sys.executable, "-m", "livemig", "vm", "--qmp",
                                f"unix:{qmp_path}", "--ram", ram, "--incoming", "defer"],
                               qmp_path)
             src = VM(ram_size=size, workload_rate=workload)
