@@ -131,7 +131,6 @@ class SourceDriver:
 
     def _run(self) -> None:
         s = self.session
-        st = s.st
         guest = s.guest
         in_completion = False
         try:
@@ -172,16 +171,7 @@ class SourceDriver:
                 self._send(step)
             # ---- completion: stop the vCPU, maybe pause, final pass, EOF
             in_completion = True
-            guest.vm_stop(RUN_FINISH_MIGRATE)
-            self._stopped_vcpu = True
-            if s.switchover():
-                while not self._continue.wait(0.5):
-                    if self._abort.is_set():
-                        break
-                if s.state != st.pre_switchover:
-                    return  # cancelled while paused
-                s.continue_switchover()
-            if s.state not in (st.active, st.device):
+            if not self._stop_for_completion():
                 return
             for step in s.completion(self.clock()):
                 self._send(step)
@@ -211,6 +201,25 @@ class SourceDriver:
             s.stream_error(text, self.clock(), in_completion=in_completion)
         finally:
             self._finish()
+
+    def _wait_continue(self) -> None:
+        """Paused in pre-switchover: until migrate-continue (or a cancel)."""
+        while not self._continue.wait(0.5):
+            if self._abort.is_set():
+                return
+
+    def _stop_for_completion(self) -> bool:
+        """Stop the vCPU and, with pause-before-switchover, wait for
+        migrate-continue; True if the completion may go on (not cancelled)."""
+        s = self.session
+        s.guest.vm_stop(RUN_FINISH_MIGRATE)
+        self._stopped_vcpu = True
+        if s.switchover():
+            self._wait_continue()
+            if s.state != s.st.pre_switchover:
+                return False  # cancelled while paused
+            s.continue_switchover()
+        return s.state in (s.st.active, s.st.device)
 
     def _send(self, step: Send) -> None:
         multifd = 0

@@ -116,16 +116,7 @@ class PostcopySourceDriver(SourceDriver):
                 self._send(step)
             if isinstance(step, Converged):
                 in_completion = True
-                guest.vm_stop(RUN_FINISH_MIGRATE)
-                self._stopped_vcpu = True
-                if s.switchover():
-                    while not self._continue.wait(0.5):
-                        if self._abort.is_set():
-                            break
-                    if s.state != st.pre_switchover:
-                        return
-                    s.continue_switchover()
-                if s.state not in (st.active, st.device):
+                if not self._stop_for_completion():
                     return
                 for step in s.completion(self.clock()):
                     self._send(step)
@@ -136,9 +127,7 @@ class PostcopySourceDriver(SourceDriver):
                 return
             # ---- postcopy_start
             if s.postcopy_start():
-                while not self._continue.wait(0.5):
-                    if self._abort.is_set():
-                        break
+                self._wait_continue()
                 if s.state != st.pre_switchover:
                     return
                 s.postcopy_continue()
