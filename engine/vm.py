@@ -461,10 +461,21 @@ class VM:
     def set_workload(self, rate: float, batch: Optional[int] = None) -> dict:
         """livemig extension: the vCPU's dirtying rate in pages per second and,
         optionally, the pages it touches per step (1: every page is its own
-        fault in postcopy)."""
+        fault in postcopy).  A rate that is negative, NaN or infinite, or a
+        batch below 1, is refused and nothing changes."""
+        fmt = self.profile.qapi_error("range")  # "Parameter '%s' expects %s"
+        if not (isinstance(rate, (int, float)) and not isinstance(rate, bool)
+                and 0 <= rate < float("inf")):
+            raise ParameterError(fmt % ("rate", f"a finite number of pages per second in the "
+                                                f"range of 0 to {sys.float_info.max!r}, "
+                                                f"got {rate!r}"))
+        if batch is not None and not (isinstance(batch, int) and not isinstance(batch, bool)
+                                      and batch >= 1):
+            raise ParameterError(fmt % ("batch", f"an integer of pages per step of at least 1, "
+                                                 f"got {batch!r}"))
         self.guest.workload_rate = float(rate)
         if batch is not None:
-            self.guest.batch = max(1, int(batch))
+            self.guest.batch = batch
         return {}
 
     # ------------------------------------------------------------ query-migrate

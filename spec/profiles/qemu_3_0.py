@@ -414,6 +414,35 @@ QAPI_ERRORS = (
     # QMP's dispatcher, before any member is visited (qmp-dispatch; observed on
     # 7.2 with "arguments": [] / "x" / 1).
     ("arguments_not_object", "QMP input member 'arguments' must be an object"),
+    # QMP's other dispatcher checks of a request (qmp_dispatch_check_obj, qmp_dispatch,
+    # the monitor's negotiation mode), observed on 7.2 with raw bytes on a QMP socket
+    # (tests/test_qmp_hostile.py compares livemig with the installed QEMU 7.2).
+    ("qmp_not_object", "QMP input must be a JSON object"),
+    ("qmp_member_not_string", "QMP input member '%s' must be a string"),
+    ("qmp_member_clash", "QMP input member '%s' clashes with '%s'"),
+    ("qmp_member_unexpected", "QMP input member '%s' is unexpected"),
+    ("qmp_lacks_execute", "QMP input lacks member 'execute'"),
+    ("qmp_no_oob", "The command %s does not support OOB"),
+    ("qmp_negotiation_expected", "Expecting capabilities negotiation with 'qmp_capabilities'"),
+    ("qmp_negotiation_done", "Capabilities negotiation is already complete, command ignored"),
+    # QMP's JSON layer, observed on 7.2 likewise: the streamer's limits and lexical
+    # error (json-streamer), then the parser's syntax errors, each "JSON parse error, %s".
+    ("json_stray", "JSON parse error, stray '%s'"),
+    ("json_token_size", "JSON token size limit exceeded"),
+    ("json_token_count", "JSON token count limit exceeded"),
+    ("json_nesting", "JSON nesting depth limit exceeded"),
+    ("json_parse", "JSON parse error, %s"),
+    ("json_expecting_value", "expecting value"),
+    ("json_premature_eoi", "premature EOI"),
+    ("json_key_not_string", "key is not a string in object"),
+    ("json_missing_colon", "missing : in object pair"),
+    ("json_duplicate_key", "duplicate key"),
+    ("json_dict_separator", "expected separator in dict"),
+    ("json_list_separator", "expected separator in list"),
+    ("json_invalid_keyword", "invalid keyword '%s'"),
+    ("json_invalid_escape", "invalid escape sequence in string"),
+    ("json_invalid_unicode", "%s is not a valid Unicode character"),
+    ("json_invalid_utf8", "invalid UTF-8 sequence in string"),
 )
 
 # ---------------------------------------------------------------- commands

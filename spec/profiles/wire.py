@@ -75,6 +75,10 @@ WIRE = Wire(
         WireConst("PING_BEFORE_PACKAGE", 2),
         WireConst("PING_IN_PACKAGE", 3),
         WireConst("PING_AFTER_PACKAGE", 4),
+        # QMP's JSON streamer (qobject/json-streamer.c): limits per top-level value
+        WireConst("QMP_JSON_MAX_TOKEN_SIZE", 64 << 20, "bytes of all tokens of one value"),
+        WireConst("QMP_JSON_MAX_TOKEN_COUNT", 2 << 20, "tokens of one value"),
+        WireConst("QMP_JSON_MAX_NESTING", 1 << 10, "open braces + brackets"),
     ),
     errors=(
         ("not_a_stream", "Not a migration stream"),
