@@ -132,6 +132,9 @@ class DestinationMigration:
         """The load failed: error-desc, active -> failed, SHUT 1."""
         self.error_desc = f"load of migration failed: {message}"
         ok = self.cell.fire(ROW["failed"])
+        # OPEN_RETURN_PATH may have been parsed in the very buffer whose next
+        # item failed: the decoder saw it even if its event was never handled
+        self.return_path = self.return_path or self.decoder.return_path
         if self.return_path:
             self._rp_out += encode_u32(self.profile, "SHUT", 1)
         return ok

@@ -18,6 +18,7 @@ source's vCPU is restarted if the driver had stopped it.
 from __future__ import annotations
 
 import queue
+import select
 import socket
 import struct
 import threading
@@ -30,6 +31,7 @@ from livemig.engine.guest import RUN_FINISH_MIGRATE, RUN_POSTMIGRATE
 from livemig.engine.multifd import MultifdDecoder, SyncBarrier
 from livemig.engine.source import Converged, Send, SourceMigration, Wait
 from livemig.engine.stream import buffers_len
+from livemig.engine.threads import crash_text, spawn
 from livemig.engine.transport import Channel, Listener, Uri, connect
 from livemig.engine.wire import wire_tables
 from livemig.errors import MigrationError, ReturnPathError, StreamError
@@ -38,19 +40,31 @@ RP_CLOSE_TIMEOUT = 60.0
 RECV_CHUNK = 512 << 10  # bytes parsed at a time on the destination
 
 
-class _ChannelSender(threading.Thread):
-    """A multifd sender thread: writes queued buffer lists to one channel."""
+class _ChannelSender:
+    """A multifd sender thread: writes queued buffer lists to one channel.
 
-    def __init__(self, chan: Channel, name: str,
-                 on_error: Optional[Callable[[str], None]] = None) -> None:
-        super().__init__(name=name, daemon=True)
+    ``on_error`` fails the migration (QEMU's multifd_send_terminate_threads):
+    for a send error, and for anything the thread did not expect."""
+
+    def __init__(self, chan: Channel, name: str, on_error: Callable[[str], None]) -> None:
         self.chan = chan
         self.q: queue.Queue = queue.Queue(maxsize=4)
         self.error: Optional[BaseException] = None
         self.on_error = on_error
         self.sent = 0
+        self.thread = spawn(name, self._loop, self._crashed, start=False)
 
-    def run(self) -> None:
+    def start(self) -> None:
+        self.thread.start()
+
+    def join(self, timeout: float) -> None:
+        self.thread.join(timeout)
+
+    def _crashed(self, text: str) -> None:
+        self.error = MigrationError(text)
+        self.on_error(text)
+
+    def _loop(self) -> None:
         while True:
             item = self.q.get()
             if item is None:
@@ -68,8 +82,7 @@ class _ChannelSender(threading.Thread):
                 self.sent += self.chan.send_buffers(item)
             except OSError as exc:
                 self.error = exc
-                if self.on_error is not None:
-                    self.on_error(_os_text(exc))
+                self.on_error(_os_text(exc))
 
     def put(self, buffers: list) -> None:
         if self.error is not None:
@@ -95,7 +108,7 @@ class SourceDriver:
         self._rp_done = threading.Event()
         self._rp_error: Optional[str] = None
         self._stopped_vcpu = False
-        self.thread = threading.Thread(target=self._run, name="livemig-migration", daemon=True)
+        self.thread = spawn("livemig-migration", self._run, self._crashed, start=False)
 
     def start(self) -> None:
         self.thread.start()
@@ -153,9 +166,8 @@ class SourceDriver:
                 return
             s.sent(self.chan.send_buffers(buffers), self.clock())
             if s.return_path and self.chan.bidirectional:
-                self._rp_thread = threading.Thread(target=self._rp_loop,
-                                                   name="livemig-return-path", daemon=True)
-                self._rp_thread.start()
+                self._rp_thread = spawn("livemig-return-path", self._rp_loop,
+                                        self._rp_crashed)
             while True:
                 if self._rp_error is not None:
                     raise ReturnPathError(self._rp_error)
@@ -186,11 +198,7 @@ class SourceDriver:
                 except OSError:
                     pass
             if self._rp_thread is not None:
-                # QEMU waits for the return path to close (the destination's SHUT).
-                if not self._rp_done.wait(RP_CLOSE_TIMEOUT):
-                    raise ReturnPathError("return path did not close")
-                if self._rp_error is not None:
-                    raise ReturnPathError(self._rp_error)
+                self._await_shut()
             if s.completed(self.clock()):
                 guest.set_run_state(RUN_POSTMIGRATE)
                 self._stopped_vcpu = False
@@ -199,8 +207,38 @@ class SourceDriver:
             if isinstance(exc, OSError) and self._rp_error:
                 text = self._rp_error
             s.stream_error(text, self.clock(), in_completion=in_completion)
+        except Exception as exc:  # a bug: fail the migration, never vanish
+            s.stream_error(crash_text(self.thread.name, exc), self.clock(), in_completion=True)
         finally:
             self._finish()
+
+    def _crashed(self, text: str) -> None:
+        """The migration thread's net (see threads.py): the failure row."""
+        self.session.stream_error(text, self.clock(), in_completion=True)
+
+    def _await_shut(self) -> None:
+        """QEMU's await_return_path_close_on_source: the return path must close
+        with the destination's SHUT 0, and without having been marked bad, or
+        the migration fails.  Never complete on a return path that died: the
+        destination has not confirmed the load (issue 11, false success)."""
+        if not self._rp_done.wait(RP_CLOSE_TIMEOUT):
+            raise ReturnPathError("return path did not close")
+        if self._rp_error is not None:
+            raise ReturnPathError(self._rp_error)
+        if self.session.shut != 0:
+            raise ReturnPathError("return path closed")
+
+    def _rp_bad(self, text: str) -> None:
+        """mark_source_rp_bad: remember why and stop reading; the migration
+        thread fails (or, in postcopy, pauses) on the error."""
+        if self._rp_error is None:
+            self._rp_error = text
+        if self.chan is not None:
+            self.chan.shutdown()
+
+    def _rp_crashed(self, text: str) -> None:
+        self._rp_bad(text)
+        self._rp_done.set()
 
     def _wait_continue(self) -> None:
         """Paused in pre-switchover: until migrate-continue (or a cancel)."""
@@ -267,11 +305,12 @@ class SourceDriver:
                 if self.session.shut is not None:
                     return
         except ReturnPathError as exc:
-            self._rp_error = exc.message
-            self.chan.shutdown()
+            self._rp_bad(exc.message)
         except OSError as exc:
             if self.session.shut is None and not self._abort.is_set():
                 self._rp_error = _os_text(exc)
+        except Exception as exc:  # a message nobody validated: the path is bad
+            self._rp_bad(crash_text("livemig-return-path", exc))
         finally:
             self._rp_done.set()
 
@@ -290,8 +329,9 @@ class DestinationDriver:
         self._mf_threads: list[threading.Thread] = []
         self._mf_chans: list[Channel] = []
         self._mf_error: Optional[str] = None
+        self._early = bytearray()  # main-channel bytes read while accepting
         self._barrier: Optional[SyncBarrier] = None
-        self.thread = threading.Thread(target=self._run, name="livemig-load", daemon=True)
+        self.thread = spawn("livemig-load", self._run, self._crashed, start=False)
 
     def start(self) -> None:
         self.thread.start()
@@ -307,27 +347,81 @@ class DestinationDriver:
                 c.shutdown()
         self.listener.close()
 
+    def failure_text(self, exc: Exception) -> str:
+        """error-desc of a load that ended by ``exc``: the transport's or the
+        stream's text, a multifd channel's error when that channel is why
+        the main stream ended, and for anything else (a bug) the thread and
+        the exception, so the load fails and says so on the return path."""
+        if isinstance(exc, MigrationError):
+            text = exc.message
+        elif isinstance(exc, OSError):
+            text = _os_text(exc)
+        else:
+            text = crash_text(self.thread.name, exc)
+        eof_text = wire_tables(self.session.profile).error("stream_eof")
+        if self._mf_error and (not isinstance(exc, StreamError) or text == eof_text):
+            text = self._mf_error  # the channel's error is the cause
+        return text
+
+    def _crashed(self, text: str) -> None:
+        """The load thread's net (see threads.py): the failure row."""
+        self.session.load_failed(text)
+
     def _accept_all(self) -> Channel:
+        """Accept the main channel and every multifd channel, told apart by
+        their first be32 (:func:`classify_channel`).  While channels are still
+        missing, a main channel that ends (the source cancelled or failed
+        before it opened them all) fails the load instead of waiting for
+        connections that will never come."""
         w = wire_tables(self.session.profile)
         main: Optional[Channel] = None
         while main is None or len(self._mf_chans) < self.multifd_channels:
+            if self._mf_error:
+                raise StreamError(self._mf_error)
+            if main is not None:
+                self._wait_listener_or_eof(main)
             chan = self.listener.accept()
             if chan.sock is None:
                 self.session.accepted()
                 return chan  # fd/file: a single channel
-            head = b""
-            while len(head) < 4:
-                more = chan.sock.recv(4 - len(head), socket.MSG_PEEK | socket.MSG_WAITALL)
-                if not more:
-                    break
-                head = more
-            magic = struct.unpack(">I", head)[0] if len(head) == 4 else None
-            if magic == w.multifd_magic and self.multifd_channels:
+            if classify_channel(w, _peek_head(chan.sock)) == "multifd" \
+                    and self.multifd_channels:
                 self._start_multifd(chan)
             else:
                 main = chan
                 self.session.accepted()
+                self.chan = main  # abort() can shut it while we wait
         return main
+
+    def _wait_listener_or_eof(self, main: Channel) -> None:
+        """Block until a connection is waiting on the listener; raise the
+        stream's early-end error if the main channel reaches end-of-file (or
+        breaks) first.  Bytes that arrive on the main channel meanwhile are
+        kept in :attr:`_early` (fed to the decoder once the load starts) up
+        to :data:`EARLY_LIMIT`; a source that sent that much is alive, and
+        past it only the listener is watched."""
+        eof_text = self._mf_error or wire_tables(self.session.profile).error("stream_eof")
+        lsock, msock = self.listener.sock, main.sock
+        if lsock is None or msock is None:
+            raise StreamError(eof_text)
+        while True:
+            if self._mf_error:
+                raise StreamError(self._mf_error)
+            watch = [lsock] if len(self._early) >= EARLY_LIMIT else [lsock, msock]
+            try:
+                ready, _, _ = select.select(watch, [], [], 1.0)
+            except (OSError, ValueError):  # abort() closed them under us
+                raise StreamError(eof_text) from None
+            if lsock in ready:
+                return
+            if msock in ready:
+                try:
+                    data = msock.recv(EARLY_LIMIT - len(self._early))
+                except OSError as exc:
+                    raise StreamError(_os_text(exc)) from None
+                if not data:
+                    raise StreamError(eof_text)
+                self._early += data
 
     def _join_multifd(self) -> None:
         """Before the load may finish: every channel at EOF, all pages applied."""
@@ -355,15 +449,20 @@ class DestinationDriver:
                         return
                     dec.buffer_updated(n)
             except (OSError, StreamError) as exc:
-                self._mf_error = exc.message if isinstance(exc, StreamError) else _os_text(exc)
-                if self._barrier is not None:
-                    self._barrier.break_()
-                if self.chan is not None:
-                    self.chan.shutdown()
+                failed(exc.message if isinstance(exc, StreamError) else _os_text(exc))
 
-        t = threading.Thread(target=loop, name="livemig-multifd-recv", daemon=True)
-        t.start()
-        self._mf_threads.append(t)
+        def failed(text: str) -> None:
+            """A receive channel failed: the load fails with its error, and
+            every channel is shut so that no sender blocks on a full socket
+            nobody reads (the source then fails too)."""
+            self._mf_error = self._mf_error or text
+            if self._barrier is not None:
+                self._barrier.break_()
+            for c in [self.chan] + self._mf_chans:
+                if c is not None:
+                    c.shutdown()
+
+        self._mf_threads.append(spawn("livemig-multifd-recv", loop, failed))
 
     def _run(self) -> None:
         s = self.session
@@ -373,6 +472,9 @@ class DestinationDriver:
             self.listener.close()
             chan = self.chan
             chunk = RECV_CHUNK
+            if self._early:
+                s.feed(bytes(self._early))
+                self._early.clear()
             while not s.finished:
                 buf = s.get_buffer(chunk)[:chunk]
                 n = chan.recv_into(buf)
@@ -399,11 +501,8 @@ class DestinationDriver:
                 except OSError:
                     pass
             ok = True
-        except (OSError, MigrationError) as exc:
-            text = exc.message if isinstance(exc, MigrationError) else _os_text(exc)
-            if self._mf_error and not isinstance(exc, StreamError):
-                text = self._mf_error
-            s.load_failed(text)
+        except Exception as exc:  # noqa: BLE001 - see failure_text
+            s.load_failed(self.failure_text(exc))
             rp = s.data_to_send()
             if rp and self.chan is not None and self.chan.bidirectional:
                 try:
@@ -419,6 +518,37 @@ class DestinationDriver:
                 c.close()
             if self.on_done is not None:
                 self.on_done(ok)
+
+
+def classify_channel(w, head: bytes) -> str:
+    """Which channel an accepted connection is, from its first bytes:
+    ``"multifd"`` (MULTIFD_MAGIC) or ``"main"`` (anything else; the stream
+    decoder refuses what is not a stream)."""
+    if len(head) >= 4 and struct.unpack_from(">I", head)[0] == w.multifd_magic:
+        return "multifd"
+    return "main"
+
+
+EARLY_LIMIT = 16 << 20  # main-channel bytes kept while multifd channels connect
+HELLO_TIMEOUT = 30.0  # seconds an accepted connection may take to send its first be32
+
+
+def _peek_head(sock: socket.socket, want: int = 4) -> bytes:
+    """Up to ``want`` first bytes of a new connection, left in the socket;
+    bounded in time, so a peer that connects and says nothing cannot hold
+    the accept loop forever (it is then taken as the main channel, whose
+    decoder fails or waits under the migration's own rules)."""
+    deadline = time.monotonic() + HELLO_TIMEOUT
+    head = b""
+    while len(head) < want:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([sock], [], [], left)[0]:
+            break
+        more = sock.recv(want, socket.MSG_PEEK)
+        if not more or len(more) == len(head):
+            break  # EOF, or no new byte arrived since the last look
+        head = more
+    return head
 
 
 def _os_text(exc: OSError) -> str:

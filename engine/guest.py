@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import sys
 import struct
 import threading
 import time
@@ -38,6 +39,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import numpy as np
+
+from livemig.engine.threads import spawn
+from livemig.errors import StreamError
 
 MiB = 1 << 20
 
@@ -201,6 +205,7 @@ class Guest:
         self._vcpu_idle.set()
         self._batch_lock = threading.Lock()
         self._thread: Optional[threading.Thread] = None
+        self.vcpu_error: Optional[str] = None
         self._quit = False
         self.pages_written = 0
         #: postcopy destination: called with (first, last) pages of pc.ram before
@@ -245,8 +250,8 @@ class Guest:
 
     def load_device_state(self, blob: bytes) -> None:
         """Inverse of :meth:`save_device_state` (after an incoming migration)."""
-        if len(blob) < 8:
-            raise ValueError("device state too short")
+        if len(blob) < 8:  # the stream decoder refuses such a section first
+            raise StreamError(f"device state of {len(blob)} bytes, at least 8 expected")
         cursor = struct.unpack(">Q", blob[:8])[0]
         first, last = self.work_range
         self._cursor = cursor if first <= cursor < max(last, first + 1) else first
@@ -301,9 +306,14 @@ class Guest:
         if not self.vcpu_thread:
             return
         if self._thread is None or not self._thread.is_alive():
-            self._thread = threading.Thread(target=self._vcpu_loop, name="livemig-vcpu",
-                                            daemon=True)
-            self._thread.start()
+            self._thread = spawn("livemig-vcpu", self._vcpu_loop, self._vcpu_crashed)
+
+    def _vcpu_crashed(self, text: str) -> None:
+        """The workload thread failed: the guest stops writing (as a guest
+        that crashed would); said on stderr and in :attr:`vcpu_error`.
+        Migrations go on: the RAM they move is still consistent."""
+        self.vcpu_error = text
+        sys.stderr.write(f"livemig: {text}\n")
 
     def _one_batch(self, a: int, b: int) -> bool:
         """One batch of the workload: pages [a, b) of the range, then the log.

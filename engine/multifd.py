@@ -126,6 +126,9 @@ class MultifdDecoder:
             pos += 9
         while end - pos >= _HDR.size:
             flags, npages, _number, idlen = _HDR.unpack_from(buf, pos)
+            if npages > self.w.max_multifd_pages:  # bound what we buffer
+                raise StreamError(self.w.error("multifd_too_many_pages", npages,
+                                               self.w.max_multifd_pages))
             need = _HDR.size + idlen + npages * (8 + self.page_size)
             if end - pos < need:
                 break

@@ -225,6 +225,10 @@ class PostcopyRPDecoder(ReturnPathDecoder):
         super().__init__(profile)
         self._pending = bytearray()
         self._bitmap_for: Optional[str] = None
+        #: block name -> the bitmap size the source expects (set by the
+        #: source from its RAM blocks): a peer's be64 size is checked against
+        #: it before anything is buffered
+        self.bitmap_sizes: dict[str, int] = {}
 
     def feed(self, data: bytes) -> list[Any]:  # type: ignore[override]
         self._pending += data
@@ -234,6 +238,12 @@ class PostcopyRPDecoder(ReturnPathDecoder):
                 if len(self._pending) < 8:
                     break
                 size = struct.unpack_from(">Q", self._pending)[0]
+                expected = self.bitmap_sizes.get(self._bitmap_for)
+                if expected is None:
+                    raise ReturnPathError(self.w.error("rp_unknown_block", self._bitmap_for))
+                if size != expected:
+                    raise ReturnPathError(self.w.error("rp_bitmap_size_mismatch",
+                                                       self._bitmap_for, size, expected))
                 if len(self._pending) < 16 + size:
                     break
                 raw = bytes(self._pending[8:8 + size])
@@ -244,17 +254,16 @@ class PostcopyRPDecoder(ReturnPathDecoder):
                 continue
             if len(self._pending) < 4:
                 break
-            length = struct.unpack_from(">H", self._pending, 2)[0]
-            take = min(len(self._pending), 4 + length)
-            chunk = bytes(self._pending[:take])
-            del self._pending[:take]
-            msgs = super().feed(chunk)
-            for m in msgs:
+            mtype, length = struct.unpack_from(">HH", self._pending, 0)
+            self.check_header(mtype, length)  # refuse a bad header at once
+            if len(self._pending) < 4 + length:
+                break  # wait for the whole message: a bitmap may follow it
+            chunk = bytes(self._pending[:4 + length])
+            del self._pending[:4 + length]
+            for m in super().feed(chunk):
                 out.append(m)
                 if m.name == "RECV_BITMAP":
                     self._bitmap_for = m.block or ""
-            if take < 4 + length:
-                break
         return out
 
 
@@ -268,7 +277,7 @@ class PostcopySource(SourceMigration):
         self.postcopy_ram = bool(self.caps.get("postcopy-ram"))
         if self.postcopy_ram:
             self.return_path = True
-        self.rp_decoder = PostcopyRPDecoder(profile)
+        self.rp_decoder = self._new_rp_decoder()
         self.start_postcopy = False
         self.in_postcopy = False
         #: background pages per write in postcopy: small, so that a page
@@ -537,7 +546,7 @@ class PostcopySource(SourceMigration):
         with self._req_lock:
             self._requests.clear()  # the destination re-sends them after RESUME
         self._last_req_block = None
-        self.rp_decoder = PostcopyRPDecoder(self.profile)
+        self.rp_decoder = self._new_rp_decoder()
         return self.cell.fire(SROW["pause"])
 
     def resume_connected(self) -> bool:
@@ -556,6 +565,13 @@ class PostcopySource(SourceMigration):
     @property
     def bitmaps_reloaded(self) -> bool:
         return not self._bitmaps_wanted
+
+    def _new_rp_decoder(self) -> PostcopyRPDecoder:
+        """A return-path decoder that knows each block's bitmap size, so a
+        peer's declared size is checked before its bitmap is buffered."""
+        dec = PostcopyRPDecoder(self.profile)
+        dec.bitmap_sizes = {name: _bitmap_size(b.npages) for name, b in self.guest.blocks.items()}
+        return dec
 
     def _reload_bitmap(self, m: ReceivedBitmap) -> None:
         if self.state != self.pst.recover:

@@ -30,6 +30,7 @@ from livemig.engine.postcopy import (
     POSTCOPY_SOURCE_ROWS, Idle, PostcopyDestination, PostcopyDone, PostcopySource, StartPostcopy,
 )
 from livemig.engine.source import Converged, Send, Wait
+from livemig.engine.threads import crash_text, spawn
 from livemig.engine.transport import Channel, Listener, Uri, connect
 from livemig.errors import MigrationError, ReturnPathError, StreamError
 
@@ -152,6 +153,8 @@ class PostcopySourceDriver(SourceDriver):
             if isinstance(exc, OSError) and self._rp_error:
                 text = self._rp_error
             s.stream_error(text, self.clock(), in_completion=in_completion)
+        except Exception as exc:  # a bug: fail the migration, never vanish
+            s.stream_error(crash_text(self.thread.name, exc), self.clock(), in_completion=True)
         finally:
             self._finish()
 
@@ -178,9 +181,15 @@ class PostcopySourceDriver(SourceDriver):
         self._rp_done = threading.Event()
         self._rp_generation += 1
         gen = self._rp_generation
-        self._rp_thread = threading.Thread(target=self._rp_loop_pc, args=(self.chan, gen),
-                                           name="livemig-return-path", daemon=True)
-        self._rp_thread.start()
+        chan = self.chan
+        assert chan is not None
+
+        def crashed(text: str) -> None:
+            if gen == self._rp_generation:
+                self._rp_crashed(text)
+
+        self._rp_thread = spawn("livemig-return-path", lambda: self._rp_loop_pc(chan, gen),
+                                crashed)
 
     def _rp_loop_pc(self, chan: Channel, gen: int) -> None:
         sock = chan.sock
@@ -210,16 +219,17 @@ class PostcopySourceDriver(SourceDriver):
             if self.session.shut is None and not self._abort.is_set() \
                     and gen == self._rp_generation:
                 self._rp_error = _text(exc)
+        except Exception as exc:  # a message nobody validated: the path is bad
+            if gen == self._rp_generation:
+                self._rp_error = crash_text("livemig-return-path", exc)
+            chan.shutdown()
         finally:
             self._wake.set()
             if gen == self._rp_generation:
                 self._rp_done.set()
 
     def _wait_shut(self) -> None:
-        if not self._rp_done.wait(RP_CLOSE_TIMEOUT):
-            raise ReturnPathError("return path did not close")
-        if self._rp_error is not None:
-            raise ReturnPathError(self._rp_error)
+        self._await_shut()
 
     def _postcopy_loop(self) -> None:
         s = self.session
@@ -376,6 +386,10 @@ class PostcopyDestinationDriver(DestinationDriver):
         try:
             self.chan = self._accept_all()
             self.listener.close()
+            if self._early:  # main-channel bytes read while multifd channels came
+                s.feed(bytes(self._early))
+                self._early.clear()
+                self._flush_rp()
             while True:
                 try:
                     self._load()
@@ -393,8 +407,8 @@ class PostcopyDestinationDriver(DestinationDriver):
             s.load_finished()
             self._flush_rp()
             ok = True
-        except (OSError, MigrationError) as exc:
-            s.load_failed(_text(exc))
+        except Exception as exc:  # noqa: BLE001 - a bug too fails the load (SHUT 1)
+            s.load_failed(self.failure_text(exc))
             self._flush_rp()
         finally:
             if self.chan is not None:

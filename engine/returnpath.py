@@ -54,17 +54,7 @@ class ReturnPathDecoder:
         out: list[RPMessage] = []
         while len(self._buf) >= 4:
             mtype, length = struct.unpack_from(">HH", self._buf, 0)
-            msg = w.rp_by_value.get(mtype)
-            if msg is None or mtype == w.rp["INVALID"].value:
-                raise ReturnPathError(w.error("rp_invalid", mtype, length))
-            short = msg.name[len("MIG_RP_MSG_"):]
-            if length > w.max_rp_length:
-                raise ReturnPathError(w.error("rp_invalid", mtype, length))
-            if msg.length is not None and length != msg.length:
-                raise ReturnPathError(w.error("rp_bad_length", short, mtype, length, msg.length))
-            if msg.min_length is not None and length < msg.min_length:
-                raise ReturnPathError(w.error("rp_bad_length", short, mtype, length,
-                                              msg.min_length))
+            short = self.check_header(mtype, length)
             if len(self._buf) < 4 + length:
                 break
             payload = bytes(self._buf[4:4 + length])
@@ -72,17 +62,57 @@ class ReturnPathDecoder:
             out.append(self._decode(short, payload))
         return out
 
+    def check_header(self, mtype: int, length: int) -> str:
+        """The message's short name if its header is acceptable; QEMU's checks
+        (type, MAX_RP_MESSAGE_LENGTH, fixed and minimum lengths) otherwise
+        raise, before any of its payload is waited for."""
+        w = self.w
+        msg = w.rp_by_value.get(mtype)
+        if msg is None or mtype == w.rp["INVALID"].value:
+            raise ReturnPathError(w.error("rp_invalid", mtype, length))
+        short = msg.name[len("MIG_RP_MSG_"):]
+        if length > w.max_rp_length:
+            raise ReturnPathError(w.error("rp_invalid", mtype, length))
+        if msg.length is not None and length != msg.length:
+            raise ReturnPathError(w.error("rp_bad_length", short, mtype, length, msg.length))
+        if msg.min_length is not None and length < msg.min_length:
+            raise ReturnPathError(w.error("rp_bad_length", short, mtype, length,
+                                          msg.min_length))
+        return short
+
     def _decode(self, short: str, payload: bytes) -> RPMessage:
+        """One message's payload; every length is checked before it is read
+        (QEMU's source_return_path_thread marks the return path bad on each of
+        these), and nothing but :class:`ReturnPathError` leaves here."""
+        w = self.w
+        try:
+            return self._decode_checked(short, payload)
+        except ReturnPathError:
+            raise
+        except (struct.error, IndexError, ValueError) as exc:
+            raise ReturnPathError(w.error("rp_malformed", short, w.rp[short].value, exc)) from None
+
+    def _decode_checked(self, short: str, payload: bytes) -> RPMessage:
+        w = self.w
         if short in ("SHUT", "PONG", "RESUME_ACK"):
             return RPMessage(short, value=struct.unpack(">I", payload)[0])
         if short == "REQ_PAGES":
             start, length = struct.unpack(">QI", payload)
             return RPMessage(short, start=start, length=length)
         if short == "REQ_PAGES_ID":
+            fixed = 13  # be64 start, be32 len, u8 idlen
+            expected = fixed + (payload[fixed - 1] if len(payload) >= fixed else 0)
+            if len(payload) != expected:
+                raise ReturnPathError(w.error("rp_req_pages_id_length", len(payload), expected))
             start, length, idlen = struct.unpack_from(">QIB", payload)
-            name = payload[13:13 + idlen].decode(errors="replace")
+            name = payload[fixed:fixed + idlen].decode(errors="replace")
             return RPMessage(short, start=start, length=length, block=name)
         if short == "RECV_BITMAP":
+            if len(payload) < 1:
+                raise ReturnPathError(w.error("rp_recv_bitmap_no_name"))
             idlen = payload[0]
+            if len(payload) != 1 + idlen:
+                raise ReturnPathError(w.error("rp_bad_length", short, w.rp[short].value,
+                                              len(payload), 1 + idlen))
             return RPMessage(short, block=payload[1:1 + idlen].decode(errors="replace"))
         return RPMessage(short)

@@ -512,8 +512,14 @@ class StreamDecoder:
             self._current = (kind, sid, name)
             self._state = _S_RAM
             return
-        # small FULL sections: parse the whole body now
+        # small FULL sections: parse the whole body now, once its declared
+        # length is known to be within the spec's bound (nothing is buffered
+        # for a section that could never be accepted)
         length, pos = self._u32(pos)
+        if length > self.w.max_section_body:
+            raise self._fail("section_too_long", name, length, self.w.max_section_body)
+        if name == DEVICE_SECTION and length < self.w.min_device_state:
+            raise self._fail("device_state_short", name, length, self.w.min_device_state)
         body, pos = self._bytes(pos, length)
         if started is not None:
             events.append(started)
@@ -528,6 +534,8 @@ class StreamDecoder:
     def _parse_configuration(self, pos: int) -> Configuration:
         w = self.w
         length, pos = self._u32(pos)
+        if length > w.max_machine_name:
+            raise self._fail("machine_name_too_long", length, w.max_machine_name)
         raw, pos = self._bytes(pos, length)
         machine = raw.decode(errors="replace")
         uuid = page_bits = None

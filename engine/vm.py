@@ -46,6 +46,7 @@ from livemig.engine.postcopy import PostcopyDestination, PostcopySource, postcop
 from livemig.engine.postcopy_driver import PostcopyDestinationDriver, PostcopySourceDriver
 from livemig.engine.rows import SOURCE_ROWS, statuses
 from livemig.engine.source import SourceMigration
+from livemig.engine.threads import report_only, spawn
 from livemig.engine.transport import Listener, Uri, UriError, parse_uri
 from livemig.errors import CapabilityError, CommandError, MigrationError, ParameterError
 from livemig.spec import DEFAULT_PROFILE, load_profile
@@ -131,9 +132,7 @@ class VM:
         self.on_fatal: Optional[Callable[[str], None]] = None
         self.src_cell.subscribe(self._status_event)
         self.dst_cell.subscribe(self._status_event)
-        self._dispatcher = threading.Thread(target=self._dispatch, name="livemig-events",
-                                            daemon=True)
-        self._dispatcher.start()
+        self._dispatcher = spawn("livemig-events", self._dispatch, report_only("livemig-events"))
         if incoming is not None:
             self.guest.set_run_state(RUN_INMIGRATE)
             if incoming != "defer":

@@ -77,6 +77,10 @@ class WireTables:
     recv_bitmap_ending: int
     resume_ack_value: int
     max_rp_length: int
+    max_machine_name: int
+    max_section_body: int
+    min_device_state: int
+    max_multifd_pages: int
     ping_after_open_return_path: int
     # messages
     cmd: dict[str, WireMessage]  # short name ("PING") -> message
@@ -119,6 +123,10 @@ def wire_tables(profile: Profile) -> WireTables:
         recv_bitmap_ending=c("RECV_BITMAP_ENDING"),
         resume_ack_value=c("MIGRATION_RESUME_ACK_VALUE"),
         max_rp_length=c("MAX_RP_MESSAGE_LENGTH"),
+        max_machine_name=c("LIVEMIG_MAX_MACHINE_NAME"),
+        max_section_body=c("LIVEMIG_MAX_SECTION_BODY"),
+        min_device_state=c("LIVEMIG_MIN_DEVICE_STATE"),
+        max_multifd_pages=c("LIVEMIG_MAX_MULTIFD_PAGES"),
         ping_after_open_return_path=c("PING_AFTER_OPEN_RETURN_PATH"),
         cmd=cmds, cmd_by_value={m.value: m for m in w.commands},
         rp=rps, rp_by_value={m.value: m for m in w.return_path},

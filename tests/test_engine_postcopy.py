@@ -372,10 +372,10 @@ def test_source_rejects_bad_page_requests(link):
     with pytest.raises(ReturnPathError, match="Misaligned page request, start: 0x1001 len: 4096"):
         s.receive_rp(encode_rp(P, "REQ_PAGES_ID",
                                struct.pack(">QIB", 0x1001, 4096, 6) + b"pc.ram"))
-    s.rp_decoder = type(s.rp_decoder)(P)
+    s.rp_decoder = s._new_rp_decoder()
     with pytest.raises(ReturnPathError, match="has no block 'nope'"):
         s.receive_rp(encode_rp(P, "REQ_PAGES_ID", struct.pack(">QIB", 0, 4096, 4) + b"nope"))
-    s.rp_decoder = type(s.rp_decoder)(P)
+    s.rp_decoder = s._new_rp_decoder()
     with pytest.raises(ReturnPathError, match="request overrun"):
         s.receive_rp(encode_rp(P, "REQ_PAGES_ID",
                                struct.pack(">QIB", lk.sg.ram.used_length, 4096, 6) + b"pc.ram"))
@@ -439,12 +439,12 @@ def test_resume_ack_value_and_bitmap_checks(link):
     lk.pause_both()
     lk.dst.recover_accepted()
     s.resume_connected()
-    s.rp_decoder = type(s.rp_decoder)(P)
+    s.rp_decoder = s._new_rp_decoder()
     bad = (encode_rp(P, "RECV_BITMAP", bytes([6]) + b"pc.ram") + struct.pack(">Q", 8)
            + bytes(8) + struct.pack(">Q", 0x0123456789ABCDEF))
     with pytest.raises(ReturnPathError, match="bitmap size mismatch"):
         s.receive_rp(bad)
-    s.rp_decoder = type(s.rp_decoder)(P)
+    s.rp_decoder = s._new_rp_decoder()
     n = lk.sg.blocks["small.ram"].npages
     raw = encode_received_bitmap(np.ones(n, bool))
     bad = (encode_rp(P, "RECV_BITMAP", bytes([9]) + b"small.ram") + struct.pack(">Q", len(raw))

@@ -69,6 +69,13 @@ WIRE = Wire(
         WireConst("MAX_DISCARDS_PER_COMMAND", 12, "ranges per POSTCOPY_RAM_DISCARD"),
         WireConst("POSTCOPY_RAM_DISCARD_VERSION", 0),
         WireConst("MAX_RP_MESSAGE_LENGTH", 512, "return-path receive buffer"),
+        # livemig's bounds on lengths a peer declares (QEMU allocates what the
+        # peer asks; livemig refuses before buffering anything beyond these)
+        WireConst("LIVEMIG_MAX_MACHINE_NAME", 256, "bytes of the configuration's machine type"),
+        WireConst("LIVEMIG_MAX_SECTION_BODY", 16 << 20,
+                  "bytes of a device or global-state section body"),
+        WireConst("LIVEMIG_MIN_DEVICE_STATE", 8, "be64 vCPU cursor before the device blob"),
+        WireConst("LIVEMIG_MAX_MULTIFD_PAGES", 128, "pages in one multifd packet"),
         WireConst("MULTIFD_MAGIC", 0x11223344, "first be32 of a multifd channel"),
         WireConst("MULTIFD_VERSION", 1),
         WireConst("PING_AFTER_OPEN_RETURN_PATH", 1),
@@ -109,6 +116,16 @@ WIRE = Wire(
         ("decompress_failed", "Failed to load compressed page"),
         ("rp_invalid", "Received invalid message 0x%04x length 0x%04x"),
         ("rp_bad_length", "Received '%s' message (0x%04x) with incorrect length %d expecting %zu"),
+        ("rp_req_pages_id_length", "Req_Page_id with length %d expecting %zd"),
+        ("rp_recv_bitmap_no_name", "source_return_path_thread: missing block name"),
+        ("rp_malformed", "Received malformed '%s' message (0x%04x): %s"),  # livemig's own
+        # livemig's own texts for the bounds above
+        ("machine_name_too_long",
+         "Machine type of 0x%x bytes received, at most 0x%x are accepted"),
+        ("section_too_long", "Section '%s' of 0x%x bytes received, at most 0x%x are accepted"),
+        ("device_state_short", "Section '%s' of %d bytes received, at least %d expected"),
+        ("multifd_too_many_pages",
+         "multifd packet of %u pages received, at most %u are accepted"),
         ("rp_sibling_error", "Sibling indicated error %d"),
         ("rp_misaligned", "Misaligned page request, start: 0x%x len: %d"),
         ("rp_unknown_block", "MIG_RP_MSG_REQ_PAGES has no block '%s'"),
