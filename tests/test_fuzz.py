@@ -21,6 +21,8 @@ KNOWN_CRASHES = {
         "issue 11: conformance.trace._qmp_time adds a string 'seconds' to a float",
     "trace-file/regress-found-ndjson-id-list":
         "issue 11: diagrams.trace.check_ndjson_line hashes a list 'id' (TypeError)",
+    "trace-file/regress-found-parse-trace-data-string":
+        "issue 11: diagrams.trace.parse_trace calls .get on a non-object 'data'",
 }
 
 
