@@ -136,3 +136,56 @@ class RuntimeChecker:
                     self.violations.append(
                         f"{inv.name}: {side} is {states[side]} with "
                         f"{sorted(k for k, v in caps[side].items() if v)}")
+
+
+class CrossSideChecker:
+    """Checks the catalogue's :data:`~livemig.spec.invariants.CROSS_SIDE`
+    entries over the logs of both sides of a run.
+
+    Feed every successful attempt of either side (in any order between the
+    sides; each side's own order is kept) with :meth:`feed`, and the caps
+    the side held when it was logged; :meth:`check` then compares times:
+    an entry of ``state`` at time t needs the peer's entry of ``peer_state``
+    at a time <= t and >= the side's last entry of ``start``.  Both sides
+    log with the same clock (one process, or one machine's wall clock)."""
+
+    def __init__(self, profile: Profile) -> None:
+        from livemig.spec.invariants import CROSS_SIDE
+        self.profile = profile
+        self.entries = CROSS_SIDE
+        self._entered: dict[tuple[str, str], list[float]] = {}
+        self._pending: list[tuple[object, float, float]] = []
+        self._start_t: dict[str, float] = {}
+        self.violations: list[str] = []
+
+    def feed(self, attempts: Iterable[Attempt], caps: Mapping[str, bool]) -> None:
+        for a in attempts:
+            if not a.ok or a.old == a.new:
+                continue
+            for inv in self.entries:  # a new migration (migrate_init may store it)
+                if a.side == inv.side and a.new == inv.start:
+                    self._start_t[inv.side] = a.t
+            if self.profile.transition(a.id).store:
+                continue
+            self._entered.setdefault((a.side, a.new), []).append(a.t)
+            for inv in self.entries:
+                if a.side == inv.side and a.new == inv.state and \
+                        any(caps.get(c) for c in inv.caps):
+                    self._pending.append((inv, a.t, self._start_t.get(inv.side, 0.0)))
+
+    def check(self, final: bool = True) -> None:
+        """Judge the entries fed so far (after both sides were fed).  With
+        ``final`` False an unmatched entry stays pending (the peer's log may
+        not have been read yet) and is judged by a later final check."""
+        still: list[tuple[object, float, float]] = []
+        for inv, t, start in self._pending:
+            peer = self._entered.get((inv.peer, inv.peer_state), [])
+            if any(start <= pt <= t for pt in peer):
+                continue
+            if not final:
+                still.append((inv, t, start))
+                continue
+            self.violations.append(
+                f"{inv.name}: {inv.side} entered {inv.state} at {t:.6f} but "
+                f"{inv.peer} had not entered {inv.peer_state} since {start:.6f}")
+        self._pending = still

@@ -51,7 +51,7 @@ from typing import Any, Callable, Optional
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from livemig.conformance.runtime import RuntimeChecker
+from livemig.conformance.runtime import CrossSideChecker, RuntimeChecker
 from livemig.errors import MigrationError
 from livemig.spec import load_profile
 from livemig.spec.schema import Profile
@@ -298,6 +298,8 @@ def build_machine(profile_name: str = "qemu-7.2", backend: str = "fake",
             super().__init__()
             self.vms: dict[str, Any] = {}
             self.checkers: dict[str, RuntimeChecker] = {}
+            #: the catalogue's cross-side entries over both VMs' logs
+            self.cross = CrossSideChecker(profile)
             self.consumed: dict[str, int] = {}
             self.tmp = tempfile.TemporaryDirectory(prefix="livemig-stateful-")
             self.serial = 0
@@ -357,6 +359,8 @@ def build_machine(profile_name: str = "qemu-7.2", backend: str = "fake",
             for side in list(self.vms):
                 self._retire(side)
             self.tmp.cleanup()
+            self.cross.check(final=True)
+            assert not self.cross.violations, self.cross.violations
 
         # ---------------------------------------------------------- helpers
         def _uri(self, kind: str) -> str:
@@ -374,6 +378,7 @@ def build_machine(profile_name: str = "qemu-7.2", backend: str = "fake",
             new = attempts[self.consumed[side]:]
             self.consumed[side] += len(new)
             self.checkers[side].feed(new)
+            self.cross.feed(new, self.vms[side].caps)
 
         def _replace_exited(self) -> None:
             """A destination process whose migration failed exits (as QEMU's
@@ -569,6 +574,10 @@ def build_machine(profile_name: str = "qemu-7.2", backend: str = "fake",
                                       "destination": vm.dst_cell.state},
                                      {"source": vm.caps, "destination": vm.caps})
                 assert not checker.violations, checker.violations
+            # in-process backends log both sides at once; a process's log may
+            # lag its return-path message, so there the check waits for the end
+            self.cross.check(final=backend != "processes")
+            assert not self.cross.violations, self.cross.violations
 
     if backend == "fake":
         _add_fake_rules(SpecMachine, POSTCOPY)

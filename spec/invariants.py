@@ -9,7 +9,7 @@ must find.  Where QEMU itself breaks a property, the expectation is
 honestly rather than the QEMU we would like.
 """
 from livemig.spec.expr import All, AnyOf, Cap, Flag, InState, Not, PostcopyIs
-from livemig.spec.schema import Expectation, Invariant, ProverModel
+from livemig.spec.schema import CrossSideInvariant, Expectation, Invariant, ProverModel
 
 P30, P72 = "qemu-3.0", "qemu-7.2"
 
@@ -284,4 +284,20 @@ INVARIANTS = (
         "destination_no_trap", "no_trap",
         "the destination never reaches a non-terminal status that no row can ever leave",
         side="destination", expected=_both()),
+)
+
+#: properties across the two sides (see CrossSideInvariant); the prover's
+#: models are per side, so these are checked on the logs of real runs
+CROSS_SIDE = (
+    CrossSideInvariant(
+        "source_completes_only_after_destination_loaded",
+        "with a return path, the source reaches completed only after the destination "
+        "reached completed in the same migration (the destination's SHUT 0 follows its "
+        "completed; no false success)",
+        side="source", state="completed", peer="destination", peer_state="completed",
+        start="setup", caps=("return-path", "postcopy-ram"),
+        reason="migration_completion -> await_return_path_close_on_source fails the "
+               "migration when source_return_path_thread marked the return path bad or it "
+               "closed without SHUT 0; the destination sends SHUT 0 from its completion BH "
+               "(facts §7.2)"),
 )

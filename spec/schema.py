@@ -551,6 +551,27 @@ class Invariant:
 
 
 @dataclass(frozen=True)
+class CrossSideInvariant:
+    """A property that relates the two sides of one migration, which the
+    per-side prover models cannot state (``livemig.spec.invariants``,
+    ``CROSS_SIDE``): whenever ``side`` enters ``state`` by a row (not a
+    store) while any of ``caps`` is on, ``peer`` has already entered
+    ``peer_state`` in the same migration (since ``side``'s last entry into
+    ``start``).  Checked on every run's logs (stateful runs after each step,
+    the fault matrix, the soak); ``reason`` names QEMU's code that keeps it."""
+
+    name: str
+    description: str
+    side: Side
+    state: str
+    peer: Side
+    peer_state: str
+    start: str
+    caps: tuple[str, ...]
+    reason: str
+
+
+@dataclass(frozen=True)
 class ProverModel:
     """The few facts the prover needs that are not tables of a profile.
 
