@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Union
 
-from livemig.diagrams.trace import Step, check_ndjson_line, infer_steps
+from livemig.diagrams.trace import Step, check_ndjson_line, infer_steps, qmp_time
 from livemig.spec import CURRENT, Profile
 
 NDJSON_KEYS = frozenset({"side", "id", "old", "new"})
@@ -96,13 +96,6 @@ class Log:
     skipped: int = 0
 
 
-def _qmp_time(obj: dict) -> Optional[float]:
-    ts = obj.get("timestamp")
-    if isinstance(ts, dict) and "seconds" in ts:
-        return ts["seconds"] + ts.get("microseconds", 0) / 1e6
-    return None
-
-
 def parse_line(obj: object, number: int) -> Optional[Record]:
     """One decoded JSON line as a Record, or None when it is not a status line."""
     if not isinstance(obj, dict):
@@ -110,12 +103,13 @@ def parse_line(obj: object, number: int) -> Optional[Record]:
     if "event" in obj:
         if obj["event"] != STATUS_EVENT:
             return None
-        status = (obj.get("data") or {}).get("status")
+        data = obj.get("data")
+        status = data.get("status") if isinstance(data, dict) else None
         if not isinstance(status, str):
             raise TraceInputError(f"{STATUS_EVENT} event without a status: {obj!r}", number)
-        return Record(number, "qmp", status, t=_qmp_time(obj), raw=obj)
+        return Record(number, "qmp", status, t=qmp_time(obj), raw=obj)
     if NDJSON_KEYS <= obj.keys():
-        for key in ("side", "old", "new"):
+        for key in ("side", "id", "old", "new"):
             if not isinstance(obj[key], str):
                 raise TraceInputError(f"NDJSON field {key!r} must be a string: {obj!r}", number)
         return Record(number, "ndjson", obj["new"], side=obj["side"], id=obj["id"],

@@ -103,6 +103,10 @@ def check_ndjson_line(profile: Profile, obj: dict, line: int) -> Step:
     """One ``ok: true`` NDJSON line as a step, legal or not."""
     side, rid, old, new = obj.get("side"), obj.get("id"), obj.get("old"), obj.get("new")
     t = obj.get("t")
+    if not all(isinstance(v, str) for v in (side, rid, old, new)):
+        return Step(str(side), str(old), str(new), (), "illegal", line,
+                    t if _number(t) else None,
+                    "NDJSON fields side, id, old and new must be strings")
     try:
         row = profile.transition(rid)
     except KeyError:
@@ -159,10 +163,17 @@ def infer_steps(profile: Profile, side: str, statuses: Iterable[tuple[int, str, 
     return steps
 
 
-def _qmp_time(obj: dict) -> Optional[float]:
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def qmp_time(obj: dict) -> Optional[float]:
+    """A QMP event's timestamp in seconds, or None when it has none (or a
+    malformed one: a trace file is user input)."""
     ts = obj.get("timestamp")
-    if isinstance(ts, dict) and "seconds" in ts:
-        return ts["seconds"] + ts.get("microseconds", 0) / 1e6
+    if isinstance(ts, dict) and _number(ts.get("seconds")):
+        micro = ts.get("microseconds", 0)
+        return ts["seconds"] + (micro if _number(micro) else 0) / 1e6
     return None
 
 
@@ -193,9 +204,12 @@ def parse_trace(profile: Profile, source: Union[str, Path, Iterable[str]],
             trace.skipped += 1
             continue
         if obj.get("event") == "MIGRATION":
-            status = (obj.get("data") or {}).get("status")
-            if status:
-                qmp.append((number, status, _qmp_time(obj)))
+            data = obj.get("data")
+            status = data.get("status") if isinstance(data, dict) else None
+            if isinstance(status, str) and status:
+                qmp.append((number, status, qmp_time(obj)))
+            else:
+                trace.skipped += 1
             continue
         if {"side", "id", "old", "new"} <= obj.keys():
             if obj.get("ok", True):

@@ -770,11 +770,12 @@ class StreamDecoder:
                 raise self._fail("decompress_failed")
             data, pos = self._bytes(pos, length)
             self._check_offset(block, addr)
-            try:
-                raw = zlib.decompress(data)
+            try:  # never inflate more than a page (a peer's "zip bomb")
+                inflater = zlib.decompressobj()
+                raw = inflater.decompress(data, self.page_size + 1)
             except zlib.error:
                 raise self._fail("decompress_failed") from None
-            if len(raw) != self.page_size:
+            if len(raw) != self.page_size or not inflater.eof:
                 raise self._fail("decompress_failed")
             page = addr // self.page_size
             block.pages[page] = np.frombuffer(raw, np.uint8)
