@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Optional
+from typing import Callable, Iterable, Mapping, Optional, Union
 
 from livemig.core.cell import Attempt
 from livemig.core.guards import GuardEnv, evaluate
@@ -158,7 +158,19 @@ class CrossSideChecker:
         self._start_t: dict[str, float] = {}
         self.violations: list[str] = []
 
-    def feed(self, attempts: Iterable[Attempt], caps: Mapping[str, bool]) -> None:
+    def feed(self, attempts: Iterable[Attempt],
+             caps: Union[Mapping[str, bool], Callable[[], Mapping[str, bool]]]) -> None:
+        """``caps``: the side's capabilities, or a function that reads them
+        (called only when an attempt may need them: asking a process VM for
+        them is a QMP round trip, and a destination may have exited)."""
+        known: Optional[Mapping[str, bool]] = None if callable(caps) else caps
+
+        def current() -> Mapping[str, bool]:
+            nonlocal known
+            if known is None:
+                known = caps()  # type: ignore[operator]
+            return known
+
         for a in attempts:
             if not a.ok or a.old == a.new:
                 continue
@@ -170,7 +182,7 @@ class CrossSideChecker:
             self._entered.setdefault((a.side, a.new), []).append(a.t)
             for inv in self.entries:
                 if a.side == inv.side and a.new == inv.state and \
-                        any(caps.get(c) for c in inv.caps):
+                        any(current().get(c) for c in inv.caps):
                     self._pending.append((inv, a.t, self._start_t.get(inv.side, 0.0)))
 
     def check(self, final: bool = True) -> None:

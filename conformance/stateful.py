@@ -378,7 +378,8 @@ def build_machine(profile_name: str = "qemu-7.2", backend: str = "fake",
             new = attempts[self.consumed[side]:]
             self.consumed[side] += len(new)
             self.checkers[side].feed(new)
-            self.cross.feed(new, self.vms[side].caps)
+            vm = self.vms[side]
+            self.cross.feed(new, lambda: vm.caps)
 
         def _replace_exited(self) -> None:
             """A destination process whose migration failed exits (as QEMU's
