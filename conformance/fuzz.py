@@ -331,6 +331,26 @@ def _wire_dictionary(P: Profile) -> list[bytes]:
     return out
 
 
+def _feed_destination(t: Target, dst, data: bytes, label: str) -> None:
+    """What a load thread does with ``data``: a destination session (precopy or
+    postcopy) fed in random chunks, its buffering metered, its return path
+    drained, load_finished at EOF; then the unbounded-buffering probe."""
+    dst.listening()
+    dst.accepted()
+    dec = dst.decoder
+    for piece in chunks(data, input_rng(data)):
+        dst.feed(piece)
+        t.meter.see(dec.pending_bytes, label)
+        dst.data_to_send()
+        if dst.finished:
+            dst.load_finished()
+            return
+    probe(dst.feed, lambda: dec.pending_bytes, t.meter,
+          lambda: dst.finished or dec.error is not None, t.expected, label)
+    if dst.finished:
+        dst.load_finished()
+
+
 def precopy_target(P: Profile) -> Target:
     from livemig.core.cell import StatusCell
     from livemig.engine.destination import DestinationMigration
@@ -347,20 +367,7 @@ def precopy_target(P: Profile) -> Target:
     def run(data: bytes) -> None:
         guest.device_state = b""
         dst = DestinationMigration(P, guest, StatusCell(P, "destination"), caps=caps)
-        dst.listening()
-        dst.accepted()
-        dec = dst.decoder
-        for piece in chunks(data, input_rng(data)):
-            dst.feed(piece)
-            t.meter.see(dec.pending_bytes, "StreamDecoder")
-            dst.data_to_send()
-            if dst.finished:
-                dst.load_finished()
-                return
-        probe(dst.feed, lambda: dec.pending_bytes, t.meter,
-              lambda: dst.finished or dec.error is not None, t.expected, "StreamDecoder")
-        if dst.finished:
-            dst.load_finished()
+        _feed_destination(t, dst, data, "StreamDecoder")
 
     t.run = run
     return t
@@ -441,19 +448,8 @@ def postcopy_target(P: Profile) -> Target:
     def run(data: bytes) -> None:
         guest.device_state = b""
         dst = PostcopyDestination(P, guest, StatusCell(P, "destination"), caps=caps)
-        dst.listening()
-        dst.accepted()
         try:
-            for piece in chunks(data, input_rng(data)):
-                dst.feed(piece)
-                t.meter.see(dst.decoder.pending_bytes, "PostcopyStreamDecoder")
-                dst.data_to_send()
-                if dst.finished:
-                    dst.load_finished()
-                    return
-            probe(dst.feed, lambda: dst.decoder.pending_bytes, t.meter,
-                  lambda: dst.finished or dst.decoder.error is not None, t.expected,
-                  "PostcopyStreamDecoder")
+            _feed_destination(t, dst, data, "PostcopyStreamDecoder")
         except MigrationError as exc:
             dst.load_failed(exc.message)  # what the load thread does next
             dst.data_to_send()
