@@ -3,8 +3,9 @@
 Theory of operation
 -------------------
 :class:`QemuVM` starts one QEMU process with a QMP server on a unix socket in
-a private temporary directory, connects to it with the QEMU project's own
-client (``qemu.qmp.QMPClient``) and offers a synchronous API on top of it:
+a private temporary directory and connects to it with livemig's one
+synchronous QMP client (:class:`livemig.engine.qmpclient.SyncQMPClient`, on
+top of the QEMU project's own ``qemu.qmp``).  On top of that client it offers:
 
 * :meth:`QemuVM.execute` returns ``("ok", result)`` or
   ``("error", error_class, desc)`` -- QEMU's answer as data, never an
@@ -15,13 +16,14 @@ client (``qemu.qmp.QMPClient``) and offers a synchronous API on top of it:
 * :meth:`QemuVM.wait_for` polls a QMP query until a predicate holds, with a
   bounded timeout (used instead of any fixed sleep).
 
+This module's own job is the QEMU process: its command line, its log, and
+killing it.  Errors of the connection carry QEMU's exit status and the tail
+of its log.
+
 A VM is a *source* (started normally, runstate ``running``) or a
 *destination* (started with ``-incoming defer``, runstate ``inmigrate``).
 The process is always killed when the context manager exits, also on errors.
-
-The async client runs on a private event loop owned by the VM object; every
-public call runs that loop until the call is done.  A ``QemuVM`` is therefore
-meant to be used from one thread.
+A ``QemuVM`` is meant to be used from one thread (its client's rule).
 
     >>> with QemuVM(role="source") as vm:          # doctest: +SKIP
     ...     vm.execute("query-status")
@@ -32,8 +34,6 @@ TCG) and only unix sockets are used.
 """
 from __future__ import annotations
 
-import asyncio
-import logging
 import os
 import shutil
 import signal
@@ -42,15 +42,14 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Literal, Mapping, Optional, Sequence
 
-from qemu.qmp import ExecInterruptedError, ExecuteError, QMPClient, StateError
-from qemu.qmp.events import EventListener
+from livemig.engine.qmpclient import QMPClientError, QMPCommandError, Reply, SyncQMPClient
 
 Role = Literal["source", "destination"]
 
-#: ``("ok", result)`` or ``("error", error_class, desc)``
-Reply = Union[tuple[Literal["ok"], Any], tuple[Literal["error"], str, str]]
+__all__ = ["DEFAULT_BINARY", "DEFAULT_MACHINE_ARGS", "QMPCallError", "QemuVM", "QemuVMError",
+           "Reply", "Role", "qemu_binary", "qemu_version", "start_pair"]
 
 DEFAULT_BINARY = "qemu-system-x86_64"
 DEFAULT_MACHINE_ARGS: tuple[str, ...] = (
@@ -58,19 +57,12 @@ DEFAULT_MACHINE_ARGS: tuple[str, ...] = (
     "-serial", "none", "-monitor", "none",
 )
 
-
-class QemuVMError(RuntimeError):
-    """The QEMU process could not be started, reached or talked to."""
-
-
-class QMPCallError(QemuVMError):
-    """A command sent with :meth:`QemuVM.command` failed; carries QEMU's error."""
-
-    def __init__(self, cmd: str, error_class: str, desc: str) -> None:
-        super().__init__(f"{cmd}: {error_class}: {desc}")
-        self.cmd = cmd
-        self.error_class = error_class
-        self.desc = desc
+#: The QEMU process could not be started, reached or talked to (the client's
+#: error: a lost connection or a missed deadline).
+QemuVMError = QMPClientError
+#: A command sent with :meth:`QemuVM.command` failed; carries ``cmd``,
+#: ``error_class`` and ``desc`` (a :class:`QemuVMError`).
+QMPCallError = QMPCommandError
 
 
 def qemu_binary(name: str = DEFAULT_BINARY) -> Optional[str]:
@@ -120,10 +112,10 @@ class QemuVM:
     proc: Optional[subprocess.Popen] = field(default=None, init=False, repr=False)
     qmp_path: str = field(default="", init=False)
     log_path: str = field(default="", init=False)
+    qmp: Optional[SyncQMPClient] = field(default=None, init=False, repr=False)
     _tmp: Optional[tempfile.TemporaryDirectory] = field(default=None, init=False, repr=False)
-    _loop: Optional[asyncio.AbstractEventLoop] = field(default=None, init=False, repr=False)
-    _qmp: Optional[QMPClient] = field(default=None, init=False, repr=False)
-    _listener: Optional[EventListener] = field(default=None, init=False, repr=False)
+    # Index in qmp.events of the first event wait_event/drain_events have not read.
+    _unread: int = field(default=0, init=False, repr=False)
 
     # ------------------------------------------------------------ lifecycle
     def argv(self) -> list[str]:
@@ -152,50 +144,24 @@ class QemuVM:
             self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            self._loop = asyncio.new_event_loop()
-            self._connect()
+            self.qmp = SyncQMPClient(self.qmp_path, self.name,
+                                     connect_timeout=self.start_timeout,
+                                     command_timeout=self.command_timeout,
+                                     alive=lambda: self.alive, diagnostics=self._diagnostics)
         except BaseException:
             self.close()
             raise
         return self
 
-    def _connect(self) -> None:
-        deadline = time.monotonic() + self.start_timeout
-        last_error: Optional[BaseException] = None
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise QemuVMError(f"QEMU exited with status {self.proc.returncode} before QMP "
-                                  f"was reachable: {self.log_tail()}")
-            if os.path.exists(self.qmp_path):
-                client = QMPClient(self.name)
-                # The socket can exist a moment before QEMU listens on it; qemu.qmp
-                # logs each refused attempt at ERROR level.  Quiet while polling.
-                client.logger.setLevel(logging.CRITICAL)
-                try:
-                    self._run(client.connect(self.qmp_path), timeout=max(
-                        0.1, deadline - time.monotonic()))
-                except (OSError, asyncio.TimeoutError, Exception) as exc:  # noqa: BLE001
-                    last_error = exc
-                else:
-                    client.logger.setLevel(logging.NOTSET)
-                    self._qmp = client
-                    self._listener = EventListener()
-                    client.register_listener(self._listener)
-                    return
-            # Poll for the socket: QEMU creates it early, before the machine is up.
-            time.sleep(0.02)
-        raise QemuVMError(f"QMP socket {self.qmp_path} not reachable within "
-                          f"{self.start_timeout}s (last error: {last_error!r}); "
-                          f"log: {self.log_tail()}")
+    def _diagnostics(self) -> str:
+        status = self.proc.poll() if self.proc is not None else None
+        return f"QEMU exit status {status}; log: {self.log_tail()}"
 
     def close(self) -> None:
         """Disconnect and kill the QEMU process (idempotent)."""
-        if self._qmp is not None and self._loop is not None:
-            try:
-                self._run(self._qmp.disconnect(), timeout=5)
-            except Exception:  # noqa: BLE001 - the process is killed below anyway
-                pass
-            self._qmp = None
+        if self.qmp is not None:
+            self.qmp.close()
+            self.qmp = None
         if self.proc is not None:
             if self.proc.poll() is None:
                 try:
@@ -207,16 +173,6 @@ class QemuVM:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
-        if self._loop is not None:
-            # Let the client's background tasks finish or cancel them, so
-            # closing the loop leaves nothing pending behind.
-            pending = [t for t in asyncio.all_tasks(self._loop) if not t.done()]
-            for task in pending:
-                task.cancel()
-            if pending:
-                self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-            self._loop.close()
-            self._loop = None
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
@@ -248,42 +204,18 @@ class QemuVM:
             return ""
 
     # ------------------------------------------------------------ commands
-    def _run(self, coro: Any, timeout: Optional[float] = None) -> Any:
-        if self._loop is None:
-            raise QemuVMError("VM not started")
-        return self._loop.run_until_complete(asyncio.wait_for(coro, timeout))
+    def _client(self) -> SyncQMPClient:
+        if self.qmp is None:
+            raise QemuVMError(f"{self.name}: VM not started")
+        return self.qmp
 
     def execute(self, cmd: str, args: Optional[Mapping[str, Any]] = None) -> Reply:
-        """Run one QMP command; QEMU's answer as data.
-
-        ``args`` is sent as the raw JSON ``arguments`` object (``None``: no
-        ``arguments`` member at all).  Returns ``("ok", result)`` or
-        ``("error", error_class, desc)``.  Raises :class:`QemuVMError` when
-        QEMU does not answer (connection lost, or no reply within
-        ``command_timeout``).
-        """
-        if self._qmp is None:
-            raise QemuVMError("VM not connected")
-        try:
-            result = self._run(self._qmp.execute(cmd, args), timeout=self.command_timeout)
-        except ExecuteError as exc:
-            err = exc.received["error"]  # the raw reply: exact class and text
-            return ("error", err["class"], err["desc"])
-        except (ExecInterruptedError, StateError, ConnectionError) as exc:
-            status = self.proc.poll() if self.proc is not None else None
-            raise QemuVMError(f"{cmd}: QMP connection lost ({exc!r}); QEMU exit status "
-                              f"{status}; log: {self.log_tail()}") from exc
-        except asyncio.TimeoutError as exc:
-            raise QemuVMError(f"{cmd}: no reply within {self.command_timeout}s (QEMU's "
-                              f"monitor is blocked?)") from exc
-        return ("ok", result)
+        """Run one QMP command; QEMU's answer as data (see :meth:`SyncQMPClient.execute`)."""
+        return self._client().execute(cmd, args)
 
     def command(self, cmd: str, args: Optional[Mapping[str, Any]] = None) -> Any:
         """Run one QMP command and return its result; raise :class:`QMPCallError` on error."""
-        reply = self.execute(cmd, args)
-        if reply[0] == "error":
-            raise QMPCallError(cmd, reply[1], reply[2])
-        return reply[1]
+        return self._client().command(cmd, args)
 
     def status(self) -> str:
         """The VM run state (``query-status``'s ``status``: running, inmigrate, ...)."""
@@ -307,35 +239,27 @@ class QemuVM:
                 return value
             if time.monotonic() >= deadline:
                 raise QemuVMError(f"timed out after {timeout}s waiting for {what}; last: {value!r}")
-            time.sleep(interval)
+            time.sleep(interval)  # QEMU has no event for most polled states; bounded above
 
     # ------------------------------------------------------------ events
     def wait_event(self, name: str, timeout: float = 30.0,
                    match: Optional[Callable[[Mapping[str, Any]], bool]] = None) -> dict:
-        """The next QMP event called ``name`` (and matching ``match``); others are dropped."""
-        if self._listener is None:
-            raise QemuVMError("VM not connected")
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise QemuVMError(f"no {name} event within {timeout}s")
-            try:
-                event = self._run(self._listener.get(), timeout=left)
-            except asyncio.TimeoutError:
-                raise QemuVMError(f"no {name} event within {timeout}s") from None
-            if event.get("event") == name and (match is None or match(event.get("data", {}))):
-                return dict(event)
+        """The next unread QMP event called ``name`` (and matching ``match`` on its
+        data); the unread events before it are passed over."""
+        client = self._client()
+        index = client.wait_event(
+            lambda e: e.get("event") == name and (match is None or match(e.get("data", {}))),
+            timeout, self._unread, what=f"{name} event")
+        self._unread = index + 1
+        return dict(client.events[index])
 
     def drain_events(self) -> list[dict]:
         """Every event received so far and not yet read."""
-        if self._listener is None or self._loop is None:
+        if self.qmp is None:
             return []
-        # Let the reader task deliver what is already on the socket.
-        self._loop.run_until_complete(asyncio.sleep(0))
-        events = []
-        while not self._listener.empty():
-            events.append(dict(self._loop.run_until_complete(self._listener.get())))
+        self.qmp.drain()
+        events = [dict(e) for e in self.qmp.events[self._unread:]]
+        self._unread = len(self.qmp.events)
         return events
 
 
