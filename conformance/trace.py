@@ -2,7 +2,9 @@
 
 Theory of operation
 -------------------
-Two log kinds are read, told apart line by line (:func:`read_log`):
+The log is read by the one reader of observed runs,
+:func:`livemig.core.tracelog.read_log`, strictly.  Two log kinds, told apart
+line by line:
 
 * livemig's NDJSON transition log (``core.cell``): ``{"t", "side", "id",
   "old", "new", "ok"}``.  Only ``ok: true`` lines are changes; ``ok: false``
@@ -18,9 +20,9 @@ file may not mix the two kinds.
 
 A step ``old -> new`` of a side is legal iff some row of that side has
 ``row.new == new`` and ``old in profile.sources_of(row)``.  The per-step
-matching is the diagrams package's (``livemig.diagrams.trace``:
-``infer_steps`` for events, ``check_ndjson_line`` for NDJSON), so the checker
-and the overlay agree by construction; this module adds the walk over a
+matching is core's (``livemig.core.tracelog``: ``infer_steps`` for events,
+``check_ndjson_line`` for NDJSON), the same the diagram overlay uses, so the
+checker and the overlay agree by construction; this module adds the walk over a
 whole log of one side, the starting state, the NDJSON continuity check
 (each line's ``old`` must be the state the previous line left), and the
 report of what the spec allowed where a step is illegal.
@@ -45,113 +47,22 @@ default is the profile's initial status (the one with C value 0).
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Iterable, Optional, Union
+from typing import Iterable, Optional
 
-from livemig.diagrams.trace import Step, check_ndjson_line, infer_steps, qmp_time
+# The reader's names are this module's public API too (check-trace, monitor
+# and the tests import them from here).
+from livemig.core.tracelog import (
+    NDJSON_KEYS, PASS_EVENT, STATUS_EVENT, Log, LogSource, Record, Step, TraceInputError,
+    check_ndjson_line, infer_steps, initial_status, parse_line, read_log,
+)
 from livemig.spec import CURRENT, Profile
 
-NDJSON_KEYS = frozenset({"side", "id", "old", "new"})
-#: The QMP event that carries a status change, and the one counted as a pass.
-STATUS_EVENT = "MIGRATION"
-PASS_EVENT = "MIGRATION_PASS"
-
-
-class TraceInputError(ValueError):
-    """The log cannot be read; ``line`` is the 1-based line number (0: the whole file)."""
-
-    def __init__(self, message: str, line: int = 0) -> None:
-        super().__init__(f"line {line}: {message}" if line else message)
-        self.line = line
-
-
-@dataclass(frozen=True)
-class Record:
-    """One relevant line of a log.
-
-    For ``kind == "qmp"``: ``new`` is the event's status.  For ``"ndjson"``:
-    the line's fields (``ok`` False lines are kept for counting).
-    """
-
-    line: int
-    kind: str
-    new: str
-    side: Optional[str] = None
-    id: Optional[str] = None
-    old: Optional[str] = None
-    ok: bool = True
-    t: Optional[float] = None
-    raw: Optional[dict] = None
-
-
-@dataclass
-class Log:
-    """A parsed log: its kind, its status records, and what was skipped or counted."""
-
-    format: str  # "ndjson" | "qmp" | "empty"
-    records: list[Record] = field(default_factory=list)
-    passes: int = 0
-    skipped: int = 0
-
-
-def parse_line(obj: object, number: int) -> Optional[Record]:
-    """One decoded JSON line as a Record, or None when it is not a status line."""
-    if not isinstance(obj, dict):
-        raise TraceInputError(f"expected a JSON object, got {type(obj).__name__}", number)
-    if "event" in obj:
-        if obj["event"] != STATUS_EVENT:
-            return None
-        data = obj.get("data")
-        status = data.get("status") if isinstance(data, dict) else None
-        if not isinstance(status, str):
-            raise TraceInputError(f"{STATUS_EVENT} event without a status: {obj!r}", number)
-        return Record(number, "qmp", status, t=qmp_time(obj), raw=obj)
-    if NDJSON_KEYS <= obj.keys():
-        for key in ("side", "id", "old", "new"):
-            if not isinstance(obj[key], str):
-                raise TraceInputError(f"NDJSON field {key!r} must be a string: {obj!r}", number)
-        return Record(number, "ndjson", obj["new"], side=obj["side"], id=obj["id"],
-                      old=obj["old"], ok=bool(obj.get("ok", True)), t=obj.get("t"), raw=obj)
-    return None
-
-
-def read_log(source: Union[str, Path, Iterable[str]]) -> Log:
-    """Parse a log file (a path) or its lines; kind detected per line."""
-    if isinstance(source, (str, Path)):
-        try:
-            lines: Iterable[str] = Path(source).read_text().splitlines()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise TraceInputError(f"cannot read {source}: {exc}") from None
-    else:
-        lines = source
-    log = Log("empty")
-    kinds: dict[str, int] = {}
-    for number, text in enumerate(lines, 1):
-        text = text.strip()
-        if not text:
-            continue
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise TraceInputError(f"not JSON ({exc.msg}): {text[:80]!r}", number) from None
-        if isinstance(obj, dict) and obj.get("event") == PASS_EVENT:
-            log.passes += 1
-            continue
-        record = parse_line(obj, number)
-        if record is None:
-            log.skipped += 1
-            continue
-        kinds.setdefault(record.kind, number)
-        if len(kinds) > 1:
-            other = next(k for k in kinds if k != record.kind)
-            raise TraceInputError(f"a {record.kind} line in a file that began as {other} "
-                                  f"(line {kinds[other]}); one kind per file", number)
-        log.records.append(record)
-    if kinds:
-        log.format = next(iter(kinds))
-    return log
+__all__ = [
+    "Allowed", "Log", "NDJSON_KEYS", "PASS_EVENT", "Record", "STATUS_EVENT", "SideChecker",
+    "TraceInputError", "Verdict", "allowed_from", "check_log", "check_statuses",
+    "check_trace", "initial_status", "parse_line", "read_log",
+]
 
 
 # ---------------------------------------------------------------- checking
@@ -167,11 +78,6 @@ class Allowed:
     def __str__(self) -> str:
         how = {"change": "->", "event": "emits (no change)", "store": "-> (plain store, no event)"}
         return f"{self.id}: {self.old} {how[self.kind]} {self.target}"
-
-
-def initial_status(profile: Profile) -> str:
-    """The profile's initial status: the one whose C value is 0."""
-    return min(profile.statuses, key=lambda s: s.value).name
 
 
 def allowed_from(profile: Profile, side: str, state: str) -> list[Allowed]:
@@ -296,7 +202,7 @@ def check_log(profile: Profile, log: Log, side: str, start: Optional[str] = None
     return verdict
 
 
-def check_trace(profile: Profile, source: Union[str, Path, Iterable[str]], side: str,
+def check_trace(profile: Profile, source: LogSource, side: str,
                 start: Optional[str] = None) -> Verdict:
     """Read a log (path or lines) and check one side of it."""
     return check_log(profile, read_log(source), side, start)

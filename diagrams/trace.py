@@ -1,69 +1,34 @@
-"""Read an observed run and lay it over a status diagram.
+"""Lay an observed run over a status diagram.
 
-Two input formats, told apart line by line:
+Job: turn the steps of a run into :class:`~livemig.diagrams.render.Marks`
+(visited states and edges with counts, illegal steps in red) and a short
+summary.  Reading the log and matching its steps to spec rows is not done
+here: it is :mod:`livemig.core.tracelog`'s (the reader that
+``livemig check-trace`` uses too), read leniently so that the picture shows
+what it can: lines of neither kind (QMP greetings, command returns, other
+events, malformed lines) are skipped and counted, NDJSON lines with
+non-string fields are drawn as illegal steps, and only a file that mixes
+the two kinds is refused.
 
-* livemig's NDJSON transition log (written by core's CAS cells)::
-
-      {"t": 0.12, "side": "source", "id": "src.thread.active",
-       "old": "setup", "new": "active", "ok": true}
-
-  Only ``ok: true`` lines are state changes (``ok: false`` is a CAS that lost
-  and changed nothing).  A line is illegal when its id is not a row of that
-  side, or the row does not go from ``old`` to ``new``.
-
-* QMP events as QEMU emits them, one JSON object a line::
-
-      {"event": "MIGRATION", "data": {"status": "active"},
-       "timestamp": {"seconds": 1700000000, "microseconds": 1}}
-
-  Events carry only the new status, so the edges are inferred: starting from
-  the initial status, each event is matched to a row of the side going from
-  the current status to the event's status (a group or ``current`` row
-  counts when it can fire from the current status, see
-  ``Profile.sources_of``).  An event-only row (no state change) whose
-  emitted status is the event's is a legal "self" step.  A plain store row
-  (no event, e.g. ``migrate_init``'s reset before the next ``migrate``) may
-  silently precede a matched row.  An event that nothing explains is an
-  illegal step; the run continues from the event's status.
-
-Other lines (QMP greetings, command returns, other events, blank lines) are
-skipped.
+Two input kinds (see :mod:`livemig.core.tracelog` for the matching rules):
+livemig's NDJSON transition log, whose ``ok: true`` lines are the steps
+(``ok: false`` lines are counted as failed CAS attempts), and QMP events
+as QEMU emits them, whose steps are inferred from the ``MIGRATION``
+statuses of the one side the caller names.
 """
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Iterable, Optional, Union
 
+from livemig.core.tracelog import LogSource, Step, check_ndjson_line, infer_steps, read_log
 from livemig.diagrams.model import Edge, Item, Model, Node, node_id
 from livemig.diagrams.render import Marks
-from livemig.spec import CURRENT, Profile, Transition
+from livemig.spec import Profile
 
-
-@dataclass(frozen=True)
-class Step:
-    """One observed step of one side.
-
-    ``rows`` are the spec rows that explain it (several when a QMP event can
-    be explained more than one way; empty when illegal).  ``kind``: "change"
-    (the state changed), "event" (event-only, no change), "store" (a silent
-    plain store inferred between two events), "illegal".
-    """
-
-    side: str
-    old: str
-    new: str
-    rows: tuple[str, ...]
-    kind: str
-    line: int
-    t: Optional[float] = None
-    reason: str = ""
-
-    @property
-    def legal(self) -> bool:
-        return self.kind != "illegal"
+# Step is the core reader's; it is named here too because the overlay's
+# callers (``livemig monitor``, the package's __init__) take it from here.
+__all__ = ["Step", "Trace", "overlay_marks", "parse_trace", "summary"]
 
 
 @dataclass
@@ -87,144 +52,27 @@ class Trace:
         return [s for s in self.steps if not s.legal]
 
 
-def _initial(profile: Profile) -> str:
-    return min(profile.statuses, key=lambda s: s.value).name
-
-
-def _row_allows(profile: Profile, row: Transition, old: str, new: str) -> bool:
-    if old not in profile.sources_of(row):
-        return False
-    if row.event_only:
-        return new in (old, row.emits)
-    return row.new == new
-
-
-def check_ndjson_line(profile: Profile, obj: dict, line: int) -> Step:
-    """One ``ok: true`` NDJSON line as a step, legal or not."""
-    side, rid, old, new = obj.get("side"), obj.get("id"), obj.get("old"), obj.get("new")
-    t = obj.get("t")
-    if not all(isinstance(v, str) for v in (side, rid, old, new)):
-        return Step(str(side), str(old), str(new), (), "illegal", line,
-                    t if _number(t) else None,
-                    "NDJSON fields side, id, old and new must be strings")
-    try:
-        row = profile.transition(rid)
-    except KeyError:
-        return Step(side, old, new, (), "illegal", line, t, f"no row {rid!r} in {profile.name}")
-    if row.side != side:
-        return Step(side, old, new, (), "illegal", line, t,
-                    f"row {rid} is a {row.side} row, logged on the {side}")
-    if not _row_allows(profile, row, old, new):
-        allowed = ", ".join(sorted(profile.sources_of(row)))
-        return Step(side, old, new, (rid,), "illegal", line, t,
-                    f"row {rid} goes from {{{allowed}}} to {row.new or '(no change)'}, "
-                    f"not {old} -> {new}")
-    if row.event_only:
-        return Step(side, old, old, (rid,), "event", line, t)
-    return Step(side, old, new, (rid,), "store" if row.store else "change", line, t)
-
-
-def infer_steps(profile: Profile, side: str, statuses: Iterable[tuple[int, str, Optional[float]]],
-                start: Optional[str] = None) -> list[Step]:
-    """Steps explaining a sequence of ``(line, status, t)`` MIGRATION events of one side."""
-    rows = profile.rows(side)  # type: ignore[arg-type]
-    changing = [r for r in rows if not r.event_only and not r.store]
-    events = [r for r in rows if r.event_only]
-    stores = [r for r in rows if r.store]
-    state = start or _initial(profile)
-    steps: list[Step] = []
-    for line, status, t in statuses:
-        found = [r.id for r in changing if r.new == status and state in profile.sources_of(r)]
-        if found:
-            steps.append(Step(side, state, status, tuple(found), "change", line, t))
-            state = status
-            continue
-        found = [r.id for r in events if r.emits == status and state in profile.sources_of(r)]
-        if found:
-            steps.append(Step(side, state, state, tuple(found), "event", line, t))
-            continue
-        via = None
-        for store in stores:
-            if state in profile.sources_of(store) and store.new != state:
-                after = [r.id for r in changing
-                         if r.new == status and store.new in profile.sources_of(r)]
-                if after:
-                    via = (store, after)
-                    break
-        if via:
-            store, after = via
-            steps.append(Step(side, state, store.new, (store.id,), "store", line, t))
-            steps.append(Step(side, store.new, status, tuple(after), "change", line, t))
-            state = status
-            continue
-        steps.append(Step(side, state, status, (), "illegal", line, t,
-                          f"no {side} row of {profile.name} goes from {state} to {status}"))
-        state = status
-    return steps
-
-
-def _number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def qmp_time(obj: dict) -> Optional[float]:
-    """A QMP event's timestamp in seconds, or None when it has none (or a
-    malformed one: a trace file is user input)."""
-    ts = obj.get("timestamp")
-    if isinstance(ts, dict) and _number(ts.get("seconds")):
-        micro = ts.get("microseconds", 0)
-        return ts["seconds"] + (micro if _number(micro) else 0) / 1e6
-    return None
-
-
-def parse_trace(profile: Profile, source: Union[str, Path, Iterable[str]],
-                side: str = "source") -> Trace:
-    """Read a trace file (or lines) in either format.
+def parse_trace(profile: Profile, source: LogSource, side: str = "source") -> Trace:
+    """Read a trace file (or lines) of either kind, leniently, as steps.
 
     ``side`` names the side of a QMP event log (QEMU's events do not say
-    which end they come from); NDJSON lines carry their side.
+    which end they come from); NDJSON lines carry their side.  Raises
+    :class:`~livemig.core.tracelog.TraceInputError` (a ``ValueError``) for a
+    file that mixes the two kinds or cannot be read.
     """
-    if isinstance(source, (str, Path)):
-        lines = Path(source).read_text().splitlines()
-    else:
-        lines = list(source)
-    ndjson: list[Step] = []
-    qmp: list[tuple[int, str, Optional[float]]] = []
-    trace = Trace("ndjson")
-    for number, text in enumerate(lines, 1):
-        text = text.strip()
-        if not text:
-            continue
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError:
-            trace.skipped += 1
-            continue
-        if not isinstance(obj, dict):
-            trace.skipped += 1
-            continue
-        if obj.get("event") == "MIGRATION":
-            data = obj.get("data")
-            status = data.get("status") if isinstance(data, dict) else None
-            if isinstance(status, str) and status:
-                qmp.append((number, status, qmp_time(obj)))
-            else:
-                trace.skipped += 1
-            continue
-        if {"side", "id", "old", "new"} <= obj.keys():
-            if obj.get("ok", True):
-                ndjson.append(check_ndjson_line(profile, obj, number))
-            else:
-                trace.failed_cas += 1
-            continue
-        trace.skipped += 1
-    if qmp and ndjson:
-        raise ValueError("the file mixes QMP events and NDJSON transition lines")
-    if qmp:
-        trace.format = "qmp"
-        trace.steps = infer_steps(profile, side, qmp)
-    else:
-        trace.steps = ndjson
+    log = read_log(source, strict=False)
+    # MIGRATION_PASS events are neither kind for the picture: skipped, as before.
+    trace = Trace("qmp" if log.format == "qmp" else "ndjson",
+                  skipped=log.skipped + log.passes)
+    if log.format == "qmp":
+        trace.steps = infer_steps(profile, side, [(r.line, r.new, r.t) for r in log.records])
+        return trace
+    for record in log.records:
+        if not record.ok:
+            trace.failed_cas += 1
+        else:
+            assert record.raw is not None  # NDJSON records keep their line
+            trace.steps.append(check_ndjson_line(profile, record.raw, record.line))
     return trace
 
 

@@ -11,7 +11,7 @@ from livemig.diagrams import (
     MACHINES, build_model, diff_model, machine_graph, overlay_marks, parse_trace, to_digraph,
 )
 from livemig.diagrams.model import node_id
-from livemig.diagrams.trace import infer_steps
+from livemig.core.tracelog import infer_steps
 from livemig.spec import load_all, load_profile, profile_names
 
 DATA = Path(__file__).parent / "data"
@@ -244,7 +244,7 @@ def test_ndjson_illegal_lines_name_the_rule():
 def test_a_file_mixing_both_formats_is_refused():
     lines = (DATA / "diagram_ndjson72_illegal.ndjson").read_text().splitlines()[:1] + \
         (DATA / "diagram_qmp72_precopy_source.jsonl").read_text().splitlines()[:1]
-    with pytest.raises(ValueError, match="mixes"):
+    with pytest.raises(ValueError, match="one kind per file"):
         parse_trace(P72, lines)
 
 
