@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from livemig.conformance.ground_truth import FILES, read_cases
+from livemig.conformance.ground_truth_files import FILES, read_cases
 from livemig.core.qapi_order import qdict_order, unexpected_member
 from livemig.spec import load_profile
 

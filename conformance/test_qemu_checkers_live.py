@@ -18,10 +18,10 @@ import pytest
 from livemig.conformance.checker_compare import (
     Mismatch, Skip, compare_caps, compare_params, report,
 )
-from livemig.conformance.ground_truth import (
-    SIDES, SideSession, capability_cases, caps_setup_param_cases, invalid_capability_cases,
-    parameter_cases, run_cap_case, run_param_case,
+from livemig.conformance.ground_truth_cases import (
+    capability_cases, caps_setup_param_cases, invalid_capability_cases, parameter_cases,
 )
+from livemig.conformance.ground_truth_qemu import SIDES, SideSession, run_cap_case, run_param_case
 from livemig.conformance.qemu_vm import qemu_binary
 from livemig.spec import load_profile
 

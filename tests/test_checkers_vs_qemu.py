@@ -1,7 +1,7 @@
 """livemig's checkers against answers recorded from real QEMU 7.2 (offline).
 
 The data files in ``tests/data/`` were written by
-``python -m livemig.conformance.ground_truth --out tests/data/`` against
+``python -m livemig.conformance.ground_truth_files --out tests/data/`` against
 Debian's qemu-system-x86_64 7.2.  Every record is replayed through
 ``check_capabilities`` / ``check_parameters`` / the spec's command
 preconditions; acceptance, the exact error text and (for accepted calls) the
@@ -16,7 +16,7 @@ import pytest
 from livemig.conformance.checker_compare import (
     Mismatch, Skip, compare_caps, compare_command, compare_params, report,
 )
-from livemig.conformance.ground_truth import FILES, read_cases
+from livemig.conformance.ground_truth_files import FILES, read_cases
 from livemig.spec import load_profile
 
 DATA = Path(__file__).parent / "data"
@@ -42,7 +42,7 @@ def _load(kind: str):
     path = DATA / FILES[kind]
     if not path.exists():
         pytest.fail(f"{path} is missing; regenerate with "
-                    f"`python -m livemig.conformance.ground_truth --out tests/data/`")
+                    f"`python -m livemig.conformance.ground_truth_files --out tests/data/`")
     meta, records = read_cases(path)
     return meta, records, load_profile(meta["profile"])
 
