@@ -36,6 +36,32 @@ def _expr_problems(profile: Profile, where: str, guard: E.Expr) -> list[str]:
     return problems
 
 
+def _layout_problems(profile: Profile) -> list[str]:
+    """Layouts: unique names, known bound constants, fixed-size array items."""
+    problems: list[str] = []
+    wire = profile.wire
+    names = [lay.name for lay in wire.layouts]
+    if len(set(names)) != len(names):
+        problems.append("wire layouts: duplicate names")
+    every = list(wire.layouts) + [m.payload for m in (*wire.commands, *wire.return_path)
+                                  if m.payload is not None]
+    for lay in every:
+        for f in lay.fields:
+            for bound in (f.min, f.max):
+                if isinstance(bound, str):
+                    try:
+                        wire.const(bound)
+                    except KeyError:
+                        problems.append(f"layout {lay.name}.{f.name}: unknown constant {bound!r}")
+            if (f.kind == "array") != (f.item is not None):
+                problems.append(f"layout {lay.name}.{f.name}: 'item' goes with kind 'array'")
+            elif f.item is not None and f.item.size is None:
+                problems.append(f"layout {lay.name}.{f.name}: array items must be fixed-size")
+        if any(f.kind in ("rest", "array") for f in lay.fields[:-1]):
+            problems.append(f"layout {lay.name}: only the last field may run to the end")
+    return problems
+
+
 def check_profile(profile: Profile) -> list[str]:
     """Every problem found in ``profile``; an empty list means consistent."""
     problems: list[str] = []
@@ -156,6 +182,10 @@ def check_profile(profile: Profile) -> list[str]:
                                 f"{state!r}")
         if member.cap is not None and member.cap not in profile.capability_names():
             problems.append(f"MIGRATION_INFO {member.name}: unknown capability {member.cap!r}")
+    for item in profile.engine_unimplemented:
+        if item.name not in profile.capability_names():
+            problems.append(f"ENGINE_UNIMPLEMENTED {item.name}: unknown capability")
+    problems += _layout_problems(profile)
     for table_name, table in (("MIG_CMD", profile.wire.commands),
                               ("MIG_RP_MSG", profile.wire.return_path)):
         values = [m.value for m in table]

@@ -44,7 +44,8 @@ _TABLES = {
 # optional in a base profile: tables or values with a default in Profile
 _SCALARS = {"PARAM_ERROR_FORMAT": "param_error_format", "WIRE": "wire",
             "TARGET_PAGE_SIZE": "target_page_size", "ALIAS_MAP_RULES": "alias_map_rules",
-            "MIGRATION_INFO": "migration_info"}
+            "MIGRATION_INFO": "migration_info",
+            "ENGINE_UNIMPLEMENTED": "engine_unimplemented"}
 
 
 def profile_names() -> tuple[str, ...]:

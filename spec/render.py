@@ -26,6 +26,7 @@ TABLES = (
     ("qapi_errors", "QAPI input errors"),
     ("commands", "QMP commands"),
     ("migration_info", "query-migrate members (source)"),
+    ("engine_unimplemented", "Capabilities livemig's engine refuses at migrate"),
 )
 
 

@@ -170,6 +170,15 @@ class Capability:
 
 
 @dataclass(frozen=True)
+class Unimplemented:
+    """A capability livemig's engine refuses at ``migrate`` (not a QEMU rule):
+    QEMU would take a state path the engine does not have (``reason``)."""
+
+    name: str  # the capability
+    reason: str
+
+
+@dataclass(frozen=True)
 class HostFact:
     """A host or build property; ``default`` is Debian's 7.2 build on Linux."""
 
@@ -331,15 +340,113 @@ class WireConst:
     doc: str = ""
 
 
+#: a layout field's kind: integers (big-endian but ``u8``); ``nul`` a byte that
+#: must be 0; ``uuid`` 16 raw bytes; ``str8``/``str16``/``str32``/``str64`` bytes after a u8 / be16 /
+#: be32 / be64 length; ``rest`` the bytes up to the end of the payload;
+#: ``array`` fixed-size ``item`` records up to the end of the payload.
+FieldKind = Literal["u8", "be16", "be32", "be64", "nul", "uuid", "str8", "str16", "str32", "str64",
+                    "rest", "array"]
+#: bytes of each fixed-size kind, and of each length prefix
+FIELD_SIZES: dict[str, int] = {"u8": 1, "be16": 2, "be32": 4, "be64": 8, "nul": 1, "uuid": 16}
+PREFIX_SIZES: dict[str, int] = {"str8": 1, "str16": 2, "str32": 4, "str64": 8}
+
+#: a bound: a number, or the name of a wire constant (``Wire.const``)
+LayoutBound = Union[int, str, None]
+
+
+@dataclass(frozen=True)
+class Field:
+    """One field of a :class:`Layout`, in wire order.
+
+    ``min``/``max`` bound a variable field's byte length (``str*``, ``rest``)
+    or an ``array``'s item count; a reader refuses a declared length outside
+    them before it waits for (or buffers) the bytes.
+    """
+
+    name: str
+    kind: FieldKind
+    doc: str = ""
+    min: LayoutBound = None
+    max: LayoutBound = None
+    item: Optional["Layout"] = None  # array: the fixed-size record repeated
+
+    @property
+    def size(self) -> Optional[int]:
+        """Bytes of a fixed-size field; None for a variable one."""
+        if self.kind == "array" or self.kind in PREFIX_SIZES or self.kind == "rest":
+            return None
+        return FIELD_SIZES[self.kind]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The byte layout of one wire item (a payload, a header, a trailer).
+
+    Lengths that QEMU checks (REQ_PAGES' 12, REQ_PAGES_ID's 13 + idlen) are
+    not written anywhere: they are :attr:`size` / :meth:`min_size` of the
+    layout.  The engine compiles layouts into packers
+    (:mod:`livemig.engine.layouts`).
+    """
+
+    name: str
+    fields: tuple[Field, ...]
+    doc: str = ""
+
+    @property
+    def size(self) -> Optional[int]:
+        """The byte size when every field is fixed, else None."""
+        sizes = [f.size for f in self.fields]
+        return None if None in sizes else sum(sizes)  # type: ignore[arg-type]
+
+    def min_size(self, const: Optional[Any] = None) -> int:
+        """The fewest bytes a valid item has; ``const`` resolves named bounds
+        (without it a named ``min`` counts as 0)."""
+        total = 0
+        for f in self.fields:
+            if f.size is not None:
+                total += f.size
+                continue
+            total += PREFIX_SIZES.get(f.kind, 0)
+            low = f.min
+            if isinstance(low, str):
+                low = const(low) if const is not None else 0
+            low = low or 0
+            total += low * (f.item.size or 0) if f.kind == "array" and f.item else low
+        return total
+
+
 @dataclass(frozen=True)
 class WireMessage:
-    """A MIG_CMD_* or MIG_RP_MSG_*; ``length`` None means variable length."""
+    """A MIG_CMD_* or MIG_RP_MSG_*: its number and its payload's layout.
+
+    ``payload`` None means an empty payload (length 0).  The framing checks a
+    fixed layout's size exactly and a variable one's :meth:`Layout.min_size`
+    as a minimum, except where ``handler_checks`` says QEMU leaves the length
+    to the message's handler (POSTCOPY_ADVISE: 16 or 0; RP RECV_BITMAP:
+    "missing block name").
+    """
 
     name: str
     value: int
-    length: Optional[int]
+    payload: Optional[Layout] = None
     doc: str = ""
-    min_length: Optional[int] = None
+    handler_checks: bool = False
+
+    @property
+    def length(self) -> Optional[int]:
+        """The exact payload length the framing requires; None when it varies."""
+        if self.handler_checks:
+            return None
+        if self.payload is None:
+            return 0
+        return self.payload.size
+
+    @property
+    def min_length(self) -> Optional[int]:
+        """The least payload length the framing accepts (variable layouts)."""
+        if self.handler_checks or self.payload is None or self.payload.size is not None:
+            return None
+        return self.payload.min_size()
 
 
 @dataclass(frozen=True)
@@ -355,6 +462,23 @@ class Wire:
     errors: tuple[tuple[str, str], ...]  # (key, QEMU's load/stream error text)
     #: URI protocols that may carry several channels (multifd)
     multi_channel_protocols: tuple[str, ...] = ()
+    #: byte layouts of the items that are not MIG_CMD / MIG_RP_MSG payloads
+    #: (framing headers, section headers and bodies, RAM records, multifd)
+    layouts: tuple[Layout, ...] = ()
+
+    def layout(self, name: str) -> Layout:
+        """A layout by name: one of :attr:`layouts`, or ``CMD_<short>`` /
+        ``RP_<short>`` for a message's payload (``RP_REQ_PAGES``)."""
+        for item in self.layouts:
+            if item.name == name:
+                return item
+        for prefix, table, strip in (("CMD_", self.commands, "MIG_CMD_"),
+                                     ("RP_", self.return_path, "MIG_RP_MSG_")):
+            if name.startswith(prefix):
+                for m in table:
+                    if m.name == strip + name[len(prefix):] and m.payload is not None:
+                        return m.payload
+        raise KeyError(name)
 
     def const(self, name: str) -> int:
         for table in (self.file, self.sections, self.ram_flags, self.misc):
@@ -413,6 +537,9 @@ class Profile:
     target_page_size: int = 4096
     alias_map_rules: tuple[AliasMapRule, ...] = ()
     migration_info: tuple[InfoField, ...] = ()
+    #: capabilities the checkers accept (as QEMU does) that livemig's engine
+    #: does not implement: its ``migrate`` refuses them
+    engine_unimplemented: tuple[Unimplemented, ...] = ()
 
     def __hash__(self) -> int:
         # Profiles key lru_caches on hot paths (a page request's return-path

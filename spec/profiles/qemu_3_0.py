@@ -18,7 +18,8 @@ from livemig.spec.profiles.wire import WIRE
 from livemig.spec.schema import (
     CURRENT, Actor, ArgType, CapRule, Capability, Command, FlagDecl, Group, HostFact, InfoField,
     Parameter,
-    ParamRef, ParamRule, PostcopyHandler, Precondition, Status, Transition, Unreachable,
+    ParamRef, ParamRule, PostcopyHandler, Precondition, Status, Transition, Unimplemented,
+    Unreachable,
 )
 
 NAME = "qemu-3.0"
@@ -312,6 +313,12 @@ CAPABILITIES = (
     Capability("dirty-bitmaps", "2.12"),
     Capability("postcopy-blocktime", "3.0"),
     Capability("late-block-activate", "3.0"),
+)
+
+#: not QEMU's: the capabilities livemig's engine refuses at `migrate` (the
+#: checkers accept them, as QEMU does)
+ENGINE_UNIMPLEMENTED = (
+    Unimplemented("x-colo", "QEMU would go active -> colo and run the COLO checkpoint loop"),
 )
 
 HOST_FACTS = (

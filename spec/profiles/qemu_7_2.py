@@ -16,7 +16,8 @@ from livemig.spec.expr import (
 from livemig.spec.schema import (
     CURRENT, Actor, AliasMapRule, CapRule, Capability, Command, FlagDecl, Group, InfoField,
     Parameter,
-    ParamRef, ParamRule, Patch, PostcopyHandler, Precondition, Status, Transition, Unreachable,
+    ParamRef, ParamRule, Patch, PostcopyHandler, Precondition, Status, Transition, Unimplemented,
+    Unreachable,
 )
 from livemig.spec.profiles.qemu_3_0 import COMMANDS as _COMMANDS_3_0, typed
 
@@ -187,6 +188,11 @@ CAPABILITIES = (
     Capability("zero-copy-send", "7.1"),
     Capability("postcopy-preempt", "7.1"),
 )
+
+ENGINE_UNIMPLEMENTED = Patch(add=(
+    Unimplemented("background-snapshot",
+                  "QEMU would run bg_migration_thread (a snapshot with UFFD write protection)"),
+))
 
 _BG_INCOMPATIBLE = (
     "postcopy-ram", "dirty-bitmaps", "postcopy-blocktime", "late-block-activate", "return-path",

@@ -1,9 +1,106 @@
 """Wire constants shared by every profile so far (QEMU 3.0 and 7.2 agree on
 all of them): the stream header, section types, MIG_CMD_*, MIG_RP_MSG_*,
-RAM_SAVE_FLAG_* and the recovery handshake's marks.  Facts §7.
+RAM_SAVE_FLAG_* and the recovery handshake's marks, and the byte layout of
+every wire item (``LAYOUTS`` and each message's ``payload``).  Facts §7.
 Literal data only.
 """
-from livemig.spec.schema import Wire, WireConst, WireMessage
+from livemig.spec.schema import Field as F, Layout, Wire, WireConst, WireMessage
+
+# ------------------------------------------------------------------ layouts
+# Byte layouts, in wire order.  Every length the engine checks or writes
+# (REQ_PAGES' 12, REQ_PAGES_ID's 13 + idlen, the multifd hello's 9) is the
+# size of one of these; nothing writes it by hand.
+
+# message payloads (MIG_CMD_* and MIG_RP_MSG_*)
+_PING = Layout("PING", (F("value", "be32"),))
+_ADVISE = Layout("POSTCOPY_ADVISE", (
+    F("pagesize_summary", "be64", "OR of every RAMBlock's page size"),
+    F("target_page_size", "be64"),
+))
+DISCARD_RANGE = Layout("DISCARD_RANGE", (
+    F("start", "be64", "byte offset in the RAMBlock"), F("length", "be64", "bytes"),
+))
+_DISCARD = Layout("POSTCOPY_RAM_DISCARD", (
+    F("version", "u8", "POSTCOPY_RAM_DISCARD_VERSION"),
+    F("block", "str8", "RAMBlock idstr", min=1),
+    F("nul", "nul", "terminates the idstr"),
+    # the sender sends at most MAX_DISCARDS_PER_COMMAND; QEMU's receiver takes any number
+    F("ranges", "array", min=1, item=DISCARD_RANGE),
+))
+_PACKAGED = Layout("PACKAGED", (F("length", "be32", "bytes of the blob that follows"),))
+_BLOCK_NAME = Layout("BLOCK_NAME", (F("block", "str8", "RAMBlock idstr"),))
+_RP_VALUE = Layout("RP_VALUE", (F("value", "be32"),))
+_REQ_PAGES = Layout("REQ_PAGES", (
+    F("start", "be64", "byte offset in the RAMBlock"), F("length", "be32", "bytes"),
+))
+_REQ_PAGES_ID = Layout("REQ_PAGES_ID", (
+    F("start", "be64", "byte offset in the RAMBlock"), F("length", "be32", "bytes"),
+    F("block", "str8", "RAMBlock idstr, no NUL on the wire", min=1),
+))
+
+LAYOUTS = (
+    # framing
+    Layout("STREAM_HEADER", (F("magic", "be32"), F("version", "be32"))),
+    Layout("COMMAND_HEADER", (
+        F("section", "u8", "QEMU_VM_COMMAND"), F("cmd", "be16", "MIG_CMD_*"),
+        F("length", "be16", "payload bytes"),
+    )),
+    Layout("RP_HEADER", (F("type", "be16", "MIG_RP_MSG_*"), F("length", "be16"))),
+    Layout("SECTION_START", (
+        F("section", "u8", "QEMU_VM_SECTION_START or _FULL"), F("section_id", "be32"),
+        F("idstr", "str8"), F("instance_id", "be32"), F("version_id", "be32"),
+    ), "then the section's data and its footer"),
+    Layout("SECTION_PART", (
+        F("section", "u8", "QEMU_VM_SECTION_PART or _END"), F("section_id", "be32"),
+    )),
+    Layout("SECTION_FOOTER", (F("section", "u8", "QEMU_VM_SECTION_FOOTER"),
+                              F("section_id", "be32"))),
+    Layout("CONFIGURATION", (
+        F("section", "u8", "QEMU_VM_CONFIGURATION"),
+        F("machine", "str32", "machine type", max="LIVEMIG_MAX_MACHINE_NAME"),
+    ), "then subsections"),
+    Layout("SUBSECTION", (
+        F("section", "u8", "QEMU_VM_SUBSECTION"), F("name", "str8"), F("version_id", "be32"),
+    ), "then the subsection's body"),
+    Layout("CONFIG_UUID", (F("uuid", "uuid"),)),
+    Layout("CONFIG_PAGE_BITS", (F("page_bits", "be32"),)),
+    Layout("CONFIG_CAPABILITIES", (F("count", "be32"),), "then count x CAPABILITY"),
+    Layout("CAPABILITY", (F("name", "str8"),)),
+    # section bodies (livemig's globalstate and device sections)
+    Layout("GLOBALSTATE_BODY", (
+        F("runstate", "str32", "NUL-padded run state", max="LIVEMIG_MAX_SECTION_BODY"),
+    )),
+    Layout("DEVICE_BODY", (
+        F("blob", "str32", "DEVICE_STATE", min="LIVEMIG_MIN_DEVICE_STATE",
+          max="LIVEMIG_MAX_SECTION_BODY"),
+    )),
+    Layout("DEVICE_STATE", (F("cursor", "be64", "the vCPU's workload cursor"),
+                            F("device", "rest", "the opaque device blob"))),
+    # the RAM section
+    Layout("RAM_RECORD", (F("addr_flags", "be64", "page-aligned offset | RAM_SAVE_FLAG_*"),)),
+    Layout("RAM_BLOCK_ID", (F("idstr", "str8"),), "after a record without CONTINUE"),
+    Layout("RAM_BLOCK_ENTRY", (F("idstr", "str8"), F("used_length", "be64")),
+           "one block of the MEM_SIZE record"),
+    Layout("ZERO_PAGE", (F("fill", "u8"),)),
+    Layout("XBZRLE_PAGE", (F("encoding", "u8", "ENCODING_FLAG_XBZRLE"),
+                           F("data", "str16", "encoded delta"))),
+    Layout("COMPRESSED_PAGE", (F("data", "str32", "zlib data",
+                                 max="LIVEMIG_MAX_COMPRESSED_PAGE"),)),
+    # postcopy recovery: after RP RECV_BITMAP, outside the framing
+    Layout("RECV_BITMAP_TRAILER", (
+        F("bitmap", "str64", "received bitmap, little-endian longs, size rounded up to 8"),
+        F("end_mark", "be64", "RECV_BITMAP_ENDING"),
+    )),
+    # multifd channels (livemig's packets)
+    Layout("CHANNEL_MAGIC", (F("magic", "be32"),),
+           "first be32 of an accepted connection: MULTIFD_MAGIC or QEMU_VM_FILE_MAGIC"),
+    Layout("MULTIFD_HELLO", (F("magic", "be32"), F("version", "be32"), F("channel", "u8"))),
+    Layout("MULTIFD_PACKET_HEADER", (
+        F("flags", "be32", "1: SYNC"), F("pages", "be32"), F("packet_num", "be64"),
+        F("idlen", "u8", "then idstr, pages x be64 offset, pages x page"),
+    )),
+    DISCARD_RANGE,
+)
 
 WIRE = Wire(
     file=(
@@ -24,30 +121,31 @@ WIRE = Wire(
         WireConst("QEMU_VM_SECTION_FOOTER", 0x7E, "then be32 section_id"),
     ),
     commands=(
-        WireMessage("MIG_CMD_INVALID", 0, None, "rejected"),
-        WireMessage("MIG_CMD_OPEN_RETURN_PATH", 1, 0, "destination opens the return path"),
-        WireMessage("MIG_CMD_PING", 2, 4, "be32 value, answered by PONG"),
-        WireMessage("MIG_CMD_POSTCOPY_ADVISE", 3, None,
-                    "16 bytes (be64 page-size summary, be64 target page size) or 0"),
-        WireMessage("MIG_CMD_POSTCOPY_LISTEN", 4, 0, "first item of the package"),
-        WireMessage("MIG_CMD_POSTCOPY_RUN", 5, 0, "last item of the package"),
-        WireMessage("MIG_CMD_POSTCOPY_RAM_DISCARD", 6, None,
-                    "u8 version 0, u8 len, name, u8 0, N x (be64 start, be64 length)",
-                    min_length=20),
-        WireMessage("MIG_CMD_PACKAGED", 7, 4, "be32 blob length; blob follows outside"),
-        WireMessage("MIG_CMD_ENABLE_COLO", 8, 0, "absent from mig_cmd_args: length 0"),
-        WireMessage("MIG_CMD_POSTCOPY_RESUME", 9, 0, "recovery handshake"),
-        WireMessage("MIG_CMD_RECV_BITMAP", 10, None, "u8 len + RAMBlock name"),
+        WireMessage("MIG_CMD_INVALID", 0, None, "rejected", handler_checks=True),
+        WireMessage("MIG_CMD_OPEN_RETURN_PATH", 1, None, "destination opens the return path"),
+        WireMessage("MIG_CMD_PING", 2, _PING, "answered by PONG"),
+        WireMessage("MIG_CMD_POSTCOPY_ADVISE", 3, _ADVISE, "16 bytes or 0 (dirty bitmaps only)",
+                    handler_checks=True),
+        WireMessage("MIG_CMD_POSTCOPY_LISTEN", 4, None, "first item of the package"),
+        WireMessage("MIG_CMD_POSTCOPY_RUN", 5, None, "last item of the package"),
+        WireMessage("MIG_CMD_POSTCOPY_RAM_DISCARD", 6, _DISCARD,
+                    "byte ranges of one RAMBlock, at most MAX_DISCARDS_PER_COMMAND"),
+        WireMessage("MIG_CMD_PACKAGED", 7, _PACKAGED, "the blob follows outside the command"),
+        WireMessage("MIG_CMD_ENABLE_COLO", 8, None, "absent from mig_cmd_args: length 0"),
+        WireMessage("MIG_CMD_POSTCOPY_RESUME", 9, None, "recovery handshake"),
+        WireMessage("MIG_CMD_RECV_BITMAP", 10, _BLOCK_NAME, "RP RECV_BITMAP answers it"),
     ),
     return_path=(
-        WireMessage("MIG_RP_MSG_INVALID", 0, None, "rejected"),
-        WireMessage("MIG_RP_MSG_SHUT", 1, 4, "be32: 0 ok, nonzero: destination error"),
-        WireMessage("MIG_RP_MSG_PONG", 2, 4, "be32 echo of PING"),
-        WireMessage("MIG_RP_MSG_REQ_PAGES_ID", 3, None, "be64 start, be32 len, u8 idlen, idstr",
-                    min_length=14),
-        WireMessage("MIG_RP_MSG_REQ_PAGES", 4, 12, "be64 start, be32 len"),
-        WireMessage("MIG_RP_MSG_RECV_BITMAP", 5, None, "u8 len + name; bitmap follows"),
-        WireMessage("MIG_RP_MSG_RESUME_ACK", 6, 4, "be32, must be 1"),
+        WireMessage("MIG_RP_MSG_INVALID", 0, None, "rejected", handler_checks=True),
+        WireMessage("MIG_RP_MSG_SHUT", 1, _RP_VALUE, "0 ok, nonzero: destination error"),
+        WireMessage("MIG_RP_MSG_PONG", 2, _RP_VALUE, "echo of PING"),
+        WireMessage("MIG_RP_MSG_REQ_PAGES_ID", 3, _REQ_PAGES_ID,
+                    "a page request naming its block (it differs from the last)"),
+        WireMessage("MIG_RP_MSG_REQ_PAGES", 4, _REQ_PAGES, "same block as the last request"),
+        WireMessage("MIG_RP_MSG_RECV_BITMAP", 5, _BLOCK_NAME,
+                    "RECV_BITMAP_TRAILER follows outside the framing; QEMU's handler checks "
+                    "the name (\"missing block name\")", handler_checks=True),
+        WireMessage("MIG_RP_MSG_RESUME_ACK", 6, _RP_VALUE, "must be MIGRATION_RESUME_ACK_VALUE"),
     ),
     ram_flags=(
         WireConst("RAM_SAVE_FLAG_FULL", 0x01, "obsolete"),
@@ -76,6 +174,8 @@ WIRE = Wire(
                   "bytes of a device or global-state section body"),
         WireConst("LIVEMIG_MIN_DEVICE_STATE", 8, "be64 vCPU cursor before the device blob"),
         WireConst("LIVEMIG_MAX_MULTIFD_PAGES", 128, "pages in one multifd packet"),
+        WireConst("LIVEMIG_MAX_COMPRESSED_PAGE", 2 * 4096 + 64,
+                  "bytes of one compressed page's zlib data"),
         WireConst("MULTIFD_MAGIC", 0x11223344, "first be32 of a multifd channel"),
         WireConst("MULTIFD_VERSION", 1),
         WireConst("PING_AFTER_OPEN_RETURN_PATH", 1),
@@ -119,6 +219,7 @@ WIRE = Wire(
         ("rp_req_pages_id_length", "Req_Page_id with length %d expecting %zd"),
         ("rp_recv_bitmap_no_name", "source_return_path_thread: missing block name"),
         ("rp_malformed", "Received malformed '%s' message (0x%04x): %s"),  # livemig's own
+        ("cmd_malformed", "Received malformed '%s' command (0x%x): %s"),  # livemig's own
         # livemig's own texts for the bounds above
         ("machine_name_too_long",
          "Machine type of 0x%x bytes received, at most 0x%x are accepted"),
@@ -153,4 +254,5 @@ WIRE = Wire(
     # qmp_migrate allows several channels only for these (7.2:
     # migrate_protocol_allow_multi_channels); multifd_save_setup fails otherwise
     multi_channel_protocols=("tcp", "unix", "vsock"),
+    layouts=LAYOUTS,
 )
