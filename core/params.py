@@ -19,6 +19,7 @@ Order, as in QEMU:
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Any, Mapping, Optional
 
 from livemig.core.caps import CheckResult, default_params
@@ -27,7 +28,7 @@ from livemig.core.qapi import (
     check_no_extra, require, visit_bool, visit_enum, visit_int64, visit_list, visit_object,
     visit_str, visit_str_or_null, visit_unsigned,
 )
-from livemig.errors import ParameterError
+from livemig.errors import ParameterError, SpecError
 from livemig.spec.schema import Parameter, ParamRef, ParamRule, Profile
 
 
@@ -214,3 +215,21 @@ def apply_parameters(profile: Profile, request: Any, **kwargs: Any) -> dict[str,
     if not result.ok:
         raise ParameterError(result.error or "rejected")
     return result.value
+
+
+@lru_cache(maxsize=None)
+def _defaults(profile: Profile) -> dict[str, Any]:
+    return {p.name: p.default for p in profile.parameters}
+
+
+def param(profile: Profile, params: Mapping[str, Any], name: str) -> Any:
+    """``params[name]``, or the spec's default when ``params`` lacks it (never
+    a fallback written in engine code).  A parameter the profile does not
+    declare raises SpecError: ``param(p, {}, "compress-threads")`` is 8, as
+    QEMU's default."""
+    if name in params:
+        return params[name]
+    defaults = _defaults(profile)
+    if name not in defaults:
+        raise SpecError(f"profile {profile.name} declares no parameter {name!r}")
+    return defaults[name]

@@ -11,6 +11,9 @@ row breaks the build, not a migration.
 Run states (``running``, ``paused``, ``inmigrate``, ``finish-migrate``,
 ``postmigrate``) are VM run states, not migration statuses: they live in
 :mod:`livemig.engine.guest`.
+
+The capabilities the engine refuses at ``migrate`` are spec data too
+(``ENGINE_UNIMPLEMENTED``); :func:`unimplemented_capabilities` reads them.
 """
 from __future__ import annotations
 
@@ -48,7 +51,41 @@ DESTINATION_ROWS = {
     "completed": "dst.bh.completed",
 }
 
-ALL_ROW_IDS: tuple[str, ...] = tuple(SOURCE_ROWS.values()) + tuple(DESTINATION_ROWS.values())
+#: postcopy source rows (livemig.engine.postcopy): engine name -> spec row id
+POSTCOPY_SOURCE_ROWS = {
+    "switch": "src.postcopy_start.switch",
+    "pre_switchover": "src.postcopy_start.pre_switchover",
+    "continue": "src.postcopy_start.continue",
+    "start_stream_error": "src.postcopy_start.stream_error",
+    "pause": "src.postcopy_pause",
+    "resume": "src.fd_connect.resume",
+    "resume_ack": "src.rp.resume_ack",
+    "completed": "src.completion.completed",
+}
+
+#: postcopy destination rows: engine name -> spec row id
+POSTCOPY_DESTINATION_ROWS = {
+    "setup_event": "dst.incoming.setup_event",
+    "listen": "dst.listen.start",
+    "listen_failed": "dst.listen.failed",
+    "listen_completed": "dst.listen.completed",
+    "pause": "dst.pause",
+    "recover": "dst.recover.accept",
+    "resume": "dst.resume",
+}
+
+#: every row id the engine fires (each once)
+ALL_ROW_IDS: tuple[str, ...] = tuple(dict.fromkeys(
+    (*SOURCE_ROWS.values(), *DESTINATION_ROWS.values(), *POSTCOPY_SOURCE_ROWS.values(),
+     *POSTCOPY_DESTINATION_ROWS.values())))
+
+
+@lru_cache(maxsize=None)
+def unimplemented_capabilities(profile: Profile) -> dict[str, str]:
+    """Capability -> reason, for the capabilities the engine refuses at
+    ``migrate`` (the spec's ``ENGINE_UNIMPLEMENTED``; the checkers accept
+    them, as QEMU does)."""
+    return {u.name: u.reason for u in profile.engine_unimplemented}
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ from livemig.engine.guest import (
 )
 from livemig.engine.postcopy import PostcopyDestination, PostcopySource, postcopy_statuses
 from livemig.engine.postcopy_driver import PostcopyDestinationDriver, PostcopySourceDriver
-from livemig.engine.rows import SOURCE_ROWS, statuses
+from livemig.engine.rows import SOURCE_ROWS, statuses, unimplemented_capabilities
 from livemig.engine.source import SourceMigration
 from livemig.engine.threads import report_only, spawn
 from livemig.engine.transport import Listener, Uri, UriError, parse_uri
@@ -52,11 +52,6 @@ from livemig.errors import CapabilityError, CommandError, MigrationError, Parame
 from livemig.spec import DEFAULT_PROFILE, load_profile
 
 Event = dict[str, Any]
-
-
-#: capabilities the checkers accept (as QEMU does) that would send QEMU down
-#: a state path this engine does not implement; `migrate` refuses them
-NOT_IMPLEMENTED = ("x-colo", "background-snapshot")
 
 
 class CommandNotFound(MigrationError):
@@ -231,12 +226,14 @@ class VM:
         with self._lock:
             args = {"uri": uri, "blk": blk, "inc": inc, "detach": detach, "resume": resume}
             check_command(self.profile, "migrate", args, self._env(args))
-            unsupported = [c for c in NOT_IMPLEMENTED if self.caps.get(c)]
+            refused = unimplemented_capabilities(self.profile)
+            unsupported = [c for c in refused if self.caps.get(c)]
             if unsupported:
-                # QEMU would take another state path (colo, a snapshot thread) that
+                # QEMU would take another state path (the spec's reason) that
                 # this engine does not have: refuse before anything changes.
                 raise CommandError(f"livemig: capability '{unsupported[0]}' is not implemented "
-                                   f"by this engine; turn it off to migrate")
+                                   f"by this engine ({refused[unsupported[0]]}); "
+                                   f"turn it off to migrate")
             if resume:
                 try:
                     parsed = parse_uri(uri)
