@@ -28,11 +28,11 @@ the channels' SYNC barrier, see :mod:`livemig.engine.multifd`).
 """
 from __future__ import annotations
 
-import struct
 from typing import Callable, Optional
 
 from livemig.core.cell import StatusCell
 from livemig.engine.guest import Guest, RUN_RUNNING
+from livemig.engine.layouts import layouts
 from livemig.engine.multifd import MultifdDecoder
 from livemig.engine.returnpath import encode_u32
 from livemig.engine.rows import DESTINATION_ROWS as ROW
@@ -54,6 +54,7 @@ class DestinationMigration:
         self.guest = guest
         self.cell = cell
         self.caps = dict(caps)
+        self._layouts = layouts(profile)
         self.decoder = StreamDecoder(profile, guest.blocks, machine=machine, uuid=uuid,
                                      caps=caps)
         if not pristine:
@@ -100,8 +101,8 @@ class DestinationMigration:
                     self.return_path = True
                     self.decoder.return_path = True
                 elif ev.name == "PING":
-                    value = struct.unpack(">I", ev.payload)[0]
-                    self._rp_out += encode_u32(self.profile, "PONG", value)
+                    (value,) = self._layouts.cmd["PING"].unpack(ev.payload)
+                    self._rp_out += self._layouts.rp["PONG"].pack(value)
             elif isinstance(ev, GlobalState):
                 self.source_runstate = ev.runstate
             elif isinstance(ev, DeviceState):

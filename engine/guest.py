@@ -32,14 +32,15 @@ from __future__ import annotations
 import mmap
 import os
 import sys
-import struct
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Callable, Optional
 
 import numpy as np
 
+from livemig.engine.layouts import Codec, layouts
 from livemig.engine.threads import spawn
 from livemig.errors import StreamError
 
@@ -159,6 +160,14 @@ def check_guest_ram(block: RAMBlock, start: int = MiB, end: int = 100 * MiB) -> 
     return CheckResult(not bad_idx, len(bad_idx), len(edge_at), int(first[0]), messages)
 
 
+@lru_cache(maxsize=None)
+def _device_state() -> Codec:
+    """The spec's DEVICE_STATE layout (a Guest has no profile; every profile's
+    wire layouts are the same, a test checks it)."""
+    from livemig.spec import DEFAULT_PROFILE, load_profile
+    return layouts(load_profile(DEFAULT_PROFILE))["DEVICE_STATE"]
+
+
 class Guest:
     """The guest of one VM: RAM blocks, run state and the vCPU workload thread.
 
@@ -246,16 +255,18 @@ class Guest:
     # ------------------------------------------------------------ device state
     def save_device_state(self) -> bytes:
         """The opaque device blob plus the vCPU's state (the workload cursor)."""
-        return struct.pack(">Q", self._cursor) + self.device_state
+        return _device_state().pack(self._cursor, self.device_state)
 
     def load_device_state(self, blob: bytes) -> None:
         """Inverse of :meth:`save_device_state` (after an incoming migration)."""
-        if len(blob) < 8:  # the stream decoder refuses such a section first
-            raise StreamError(f"device state of {len(blob)} bytes, at least 8 expected")
-        cursor = struct.unpack(">Q", blob[:8])[0]
+        codec = _device_state()
+        if len(blob) < codec.min_size:  # the stream decoder refuses such a section first
+            raise StreamError(f"device state of {len(blob)} bytes, "
+                              f"at least {codec.min_size} expected")
+        cursor, device = codec.unpack(blob)
         first, last = self.work_range
         self._cursor = cursor if first <= cursor < max(last, first + 1) else first
-        self.device_state = bytes(blob[8:])
+        self.device_state = device
 
     # ------------------------------------------------------------ run state
     def set_run_state(self, state: str) -> None:

@@ -1,6 +1,8 @@
 """The return path (destination -> source): sans-I/O framing of MIG_RP_MSG_*.
 
-Framing (facts §7.2): be16 type, be16 length, payload.  The source rejects
+Framing (facts §7.2): be16 type, be16 length, payload; every layout (the
+header's and each payload's) is the spec's, compiled by
+:mod:`livemig.engine.layouts`.  The source rejects
 type 0 or >= MAX ("Received invalid message ..."), a wrong fixed length, and a
 length above MAX_RP_MESSAGE_LENGTH.  :class:`ReturnPathDecoder` turns bytes
 into :class:`RPMessage` values and raises :class:`ReturnPathError` with
@@ -10,10 +12,10 @@ already, for postcopy and recovery.
 """
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from typing import Optional
 
+from livemig.engine.layouts import LayoutError, layouts
 from livemig.engine.wire import WireTables, wire_tables
 from livemig.errors import ReturnPathError
 from livemig.spec.schema import Profile
@@ -31,14 +33,16 @@ class RPMessage:
 
 
 def encode_rp(profile: Profile, name: str, payload: bytes = b"") -> bytes:
-    """One return-path message ``name`` (short name) with ``payload``."""
-    w = wire_tables(profile)
-    msg = w.rp[name]
-    return struct.pack(">HH", msg.value, len(payload)) + payload
+    """One return-path message ``name`` (short name) with raw ``payload``
+    (any bytes: hostile-peer tests send malformed ones).  Well-formed
+    messages: ``layouts(profile).rp[name].pack(*fields)``."""
+    lay = layouts(profile)
+    return lay["RP_HEADER"].pack(lay.rp[name].value, len(payload)) + payload
 
 
 def encode_u32(profile: Profile, name: str, value: int) -> bytes:
-    return encode_rp(profile, name, struct.pack(">I", value))
+    """SHUT / PONG / RESUME_ACK with ``value``."""
+    return layouts(profile).rp[name].pack(value)
 
 
 class ReturnPathDecoder:
@@ -46,19 +50,21 @@ class ReturnPathDecoder:
 
     def __init__(self, profile: Profile) -> None:
         self.w: WireTables = wire_tables(profile)
+        self.layouts = lay = layouts(profile)
+        self._header = lay["RP_HEADER"].prefix
         self._buf = bytearray()
 
     def feed(self, data: bytes) -> list[RPMessage]:
-        w = self.w
         self._buf += data
         out: list[RPMessage] = []
-        while len(self._buf) >= 4:
-            mtype, length = struct.unpack_from(">HH", self._buf, 0)
+        hsize = self._header.size
+        while len(self._buf) >= hsize:
+            mtype, length = self._header.unpack_from(self._buf, 0)
             short = self.check_header(mtype, length)
-            if len(self._buf) < 4 + length:
+            if len(self._buf) < hsize + length:
                 break
-            payload = bytes(self._buf[4:4 + length])
-            del self._buf[:4 + length]
+            payload = bytes(self._buf[hsize:hsize + length])
+            del self._buf[:hsize + length]
             out.append(self._decode(short, payload))
         return out
 
@@ -89,30 +95,34 @@ class ReturnPathDecoder:
             return self._decode_checked(short, payload)
         except ReturnPathError:
             raise
-        except (struct.error, IndexError, ValueError) as exc:
+        except (LayoutError, IndexError, ValueError) as exc:
             raise ReturnPathError(w.error("rp_malformed", short, w.rp[short].value, exc)) from None
 
     def _decode_checked(self, short: str, payload: bytes) -> RPMessage:
         w = self.w
+        frame = self.layouts.rp[short]
         if short in ("SHUT", "PONG", "RESUME_ACK"):
-            return RPMessage(short, value=struct.unpack(">I", payload)[0])
+            return RPMessage(short, value=frame.unpack(payload)[0])
         if short == "REQ_PAGES":
-            start, length = struct.unpack(">QI", payload)
+            start, length = frame.unpack(payload)
             return RPMessage(short, start=start, length=length)
         if short == "REQ_PAGES_ID":
-            fixed = 13  # be64 start, be32 len, u8 idlen
-            expected = fixed + (payload[fixed - 1] if len(payload) >= fixed else 0)
+            # QEMU's check: the length the idlen byte (the prefix's last)
+            # implies, before the payload is read
+            prefix = frame.payload.prefix
+            expected = prefix.size + (payload[prefix.size - 1]
+                                      if len(payload) >= prefix.size else 0)
             if len(payload) != expected:
                 raise ReturnPathError(w.error("rp_req_pages_id_length", len(payload), expected))
-            start, length, idlen = struct.unpack_from(">QIB", payload)
-            name = payload[fixed:fixed + idlen].decode(errors="replace")
-            return RPMessage(short, start=start, length=length, block=name)
+            start, length, name = frame.unpack(payload)
+            return RPMessage(short, start=start, length=length,
+                             block=name.decode(errors="replace"))
         if short == "RECV_BITMAP":
             if len(payload) < 1:
                 raise ReturnPathError(w.error("rp_recv_bitmap_no_name"))
-            idlen = payload[0]
-            if len(payload) != 1 + idlen:
+            expected = frame.payload.prefix.size + payload[0]
+            if len(payload) != expected:
                 raise ReturnPathError(w.error("rp_bad_length", short, w.rp[short].value,
-                                              len(payload), 1 + idlen))
-            return RPMessage(short, block=payload[1:1 + idlen].decode(errors="replace"))
+                                              len(payload), expected))
+            return RPMessage(short, block=frame.unpack(payload)[0].decode(errors="replace"))
         return RPMessage(short)

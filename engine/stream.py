@@ -7,7 +7,9 @@ QEMU_VM_CONFIGURATION section (be32 length + machine type, then optional
 subsections), then sections (START/FULL carry a be32 id, u8-length idstr,
 be32 instance and version; PART/END carry the id) each followed by a footer
 (0x7e + be32 id), QEMU_VM_COMMAND items (be16 cmd, be16 length, payload),
-and QEMU_VM_EOF.  Every number comes from :mod:`livemig.engine.wire`.
+and QEMU_VM_EOF.  Every number comes from :mod:`livemig.engine.wire`, every
+byte layout (headers, records, section bodies) from the spec's layouts
+compiled by :mod:`livemig.engine.layouts`.
 
 The ``ram`` section carries page records ``be64 offset|flags``: without
 CONTINUE the block's idstr follows (u8 length + bytes); then the payload
@@ -36,7 +38,6 @@ decoder refuses more input.
 """
 from __future__ import annotations
 
-import struct
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence, Union
@@ -44,6 +45,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from livemig.engine.guest import RAMBlock
+from livemig.engine.layouts import Codec, OutOfBounds, ShortInput, layouts
 from livemig.engine.wire import WireTables, wire_tables
 from livemig.engine import xbzrle as xbz
 from livemig.errors import StreamError
@@ -59,11 +61,6 @@ RAM_SECTION_VERSION = 4
 CONFIG_UUID = "configuration/uuid"
 CONFIG_PAGE_BITS = "configuration/target-page-bits"
 CONFIG_CAPS = "configuration/capabilities"
-
-_B64 = struct.Struct(">Q")
-_B32 = struct.Struct(">I")
-_B16 = struct.Struct(">H")
-
 
 # --------------------------------------------------------------------- events
 @dataclass(frozen=True)
@@ -143,6 +140,9 @@ class StreamEncoder:
     def __init__(self, profile: Profile) -> None:
         self.w: WireTables = wire_tables(profile)
         w = self.w
+        self.layouts = lay = layouts(profile)
+        self._record = lay["RAM_RECORD"].pack
+        self._block_id = lay["RAM_BLOCK_ID"].pack
         ps = w.page_size
         self.page_size = ps
         self.page_dtype = np.dtype([("hdr", ">u8"), ("data", "u1", (ps,))])
@@ -156,59 +156,74 @@ class StreamEncoder:
 
     # framing
     def header(self) -> bytes:
-        return _B32.pack(self.w.magic) + _B32.pack(self.w.version)
+        return self.layouts["STREAM_HEADER"].pack(self.w.magic, self.w.version)
 
     def configuration(self, machine: str, *, uuid: Optional[bytes] = None,
                       capabilities: Sequence[str] = ()) -> bytes:
-        w = self.w
-        name = machine.encode()
-        out = bytearray([w.configuration]) + _B32.pack(len(name)) + name
+        w, lay = self.w, self.layouts
+        out = bytearray(lay["CONFIGURATION"].pack(w.configuration, machine.encode()))
         if capabilities:
-            body = _B32.pack(len(capabilities))
+            body = lay["CONFIG_CAPABILITIES"].pack(len(capabilities))
             for cap in capabilities:
-                body += bytes([len(cap)]) + cap.encode()
+                body += lay["CAPABILITY"].pack(cap.encode())
             out += self._subsection(CONFIG_CAPS, 1, body)
         if uuid is not None:
-            out += self._subsection(CONFIG_UUID, 1, bytes(uuid))
+            out += self._subsection(CONFIG_UUID, 1, lay["CONFIG_UUID"].pack(bytes(uuid)))
         return bytes(out)
 
     def _subsection(self, name: str, version: int, body: bytes) -> bytes:
-        n = name.encode()
-        return bytes([self.w.subsection, len(n)]) + n + _B32.pack(version) + body
+        return self.layouts["SUBSECTION"].pack(self.w.subsection, name.encode(), version) + body
 
     def command(self, name: str, payload: bytes = b"") -> bytes:
-        msg = self.w.cmd[name]
-        return bytes([self.w.command]) + _B16.pack(msg.value) + _B16.pack(len(payload)) + payload
+        """MIG_CMD ``name`` with a raw ``payload`` (well-formed payloads:
+        ``self.layouts.cmd[name].pack(*fields)`` frames them from their fields)."""
+        return self.layouts["COMMAND_HEADER"].pack(self.w.command, self.w.cmd[name].value,
+                                                   len(payload)) + payload
 
     def section_start(self, section_id: int, idstr: str, instance_id: int, version_id: int,
                       *, full: bool = False) -> bytes:
         w = self.w
-        n = idstr.encode()
         kind = w.section_full if full else w.section_start
-        return (bytes([kind]) + _B32.pack(section_id) + bytes([len(n)]) + n
-                + _B32.pack(instance_id) + _B32.pack(version_id))
+        return self.layouts["SECTION_START"].pack(kind, section_id, idstr.encode(), instance_id,
+                                                  version_id)
 
     def section_part(self, section_id: int, *, end: bool = False) -> bytes:
         kind = self.w.section_end if end else self.w.section_part
-        return bytes([kind]) + _B32.pack(section_id)
+        return self.layouts["SECTION_PART"].pack(kind, section_id)
 
     def footer(self, section_id: int) -> bytes:
-        return bytes([self.w.footer]) + _B32.pack(section_id)
+        return self.layouts["SECTION_FOOTER"].pack(self.w.footer, section_id)
+
+    def globalstate_body(self, runstate: bytes) -> bytes:
+        """The globalstate section's body (GLOBALSTATE_BODY)."""
+        return self.layouts["GLOBALSTATE_BODY"].pack(runstate)
+
+    def device_body(self, blob: bytes) -> bytes:
+        """The device section's body (DEVICE_BODY)."""
+        return self.layouts["DEVICE_BODY"].pack(blob)
+
+    def xbzrle_payload(self, encoded: bytes) -> bytes:
+        """An XBZRLE record's payload (XBZRLE_PAGE) for ``special_page``."""
+        return self.layouts["XBZRLE_PAGE"].pack(self.w.encoding_xbzrle, encoded)
+
+    def compressed_payload(self, data: bytes) -> bytes:
+        """A COMPRESS_PAGE record's payload (COMPRESSED_PAGE) for ``special_page``."""
+        return self.layouts["COMPRESSED_PAGE"].pack(data)
 
     def eof(self) -> bytes:
         return bytes([self.w.eof])
 
     # RAM section
     def eos(self) -> bytes:
-        return _B64.pack(self.w.f_eos)
+        return self._record(self.w.f_eos)
 
     def ram_setup(self, blocks: Sequence[RAMBlock]) -> bytes:
         """MEM_SIZE record with the block list, then EOS (the setup part's data)."""
         total = sum(b.used_length for b in blocks)
-        out = bytearray(_B64.pack(total | self.w.f_mem_size))
+        out = bytearray(self._record(total | self.w.f_mem_size))
+        entry = self.layouts["RAM_BLOCK_ENTRY"].pack
         for b in blocks:
-            n = b.name.encode()
-            out += bytes([len(n)]) + n + _B64.pack(b.used_length)
+            out += entry(b.name.encode(), b.used_length)
         self._last_block = None
         return bytes(out) + self.eos()
 
@@ -217,8 +232,8 @@ class StreamEncoder:
         self._last_block = None
 
     def _first_record(self, block: RAMBlock, flags: int, page: int, payload: bytes) -> bytes:
-        n = block.name.encode()
-        return (_B64.pack(page * self.page_size | flags) + bytes([len(n)]) + n + payload)
+        return (self._record(page * self.page_size | flags) + self._block_id(block.name.encode())
+                + payload)
 
     def _needs_id(self, block: RAMBlock) -> bool:
         if self._last_block != block.name:
@@ -285,7 +300,7 @@ class StreamEncoder:
         flags = getattr(self.w, flags_name)
         if self._needs_id(block):
             return self._first_record(block, flags, page, payload)
-        return _B64.pack(page * self.page_size | flags | self.w.f_continue) + payload
+        return self._record(page * self.page_size | flags | self.w.f_continue) + payload
 
 
 # -------------------------------------------------------------------- decoder
@@ -310,6 +325,8 @@ class StreamDecoder:
                  buffer_size: int = 8 << 20, expect_header: bool = True) -> None:
         self.profile = profile
         self.w = w = wire_tables(profile)
+        self.layouts = lay = layouts(profile)
+        self._record = lay["RAM_RECORD"].struct.unpack_from  # type: ignore[union-attr]
         self.blocks = blocks
         self.machine = machine
         self.uuid = uuid
@@ -411,39 +428,44 @@ class StreamDecoder:
             raise _NeedMore
         return pos + n
 
-    def _u8(self, pos: int) -> tuple[int, int]:
+    def _peek(self, pos: int) -> int:
+        """The byte at ``pos`` (a section type or mark), once it is buffered."""
         self._take(pos, 1)
-        return int(self._buf[pos]), pos + 1
+        return int(self._buf[pos])
 
-    def _u16(self, pos: int) -> tuple[int, int]:
-        self._take(pos, 2)
-        return _B16.unpack_from(self._buf, pos)[0], pos + 2
+    def _u8(self, pos: int) -> tuple[int, int]:
+        """The byte at ``pos`` and the position after it (the postcopy
+        decoder's ZERO fill; new code reads ``self._one("ZERO_PAGE", pos)``)."""
+        return self._peek(pos), pos + 1
 
-    def _u32(self, pos: int) -> tuple[int, int]:
-        self._take(pos, 4)
-        return _B32.unpack_from(self._buf, pos)[0], pos + 4
+    def _read(self, layout: str, pos: int) -> tuple[tuple, int]:
+        """One item of the spec layout ``layout`` at ``pos``: its values and
+        the position after it.  Too few bytes yet: :class:`_NeedMore`; a
+        length outside the layout's bounds raises OutOfBounds at once."""
+        codec: Codec = self.layouts[layout]
+        try:
+            return codec.unpack_from(self._buf, pos, self._end)
+        except ShortInput:
+            raise _NeedMore from None
 
-    def _u64(self, pos: int) -> tuple[int, int]:
-        self._take(pos, 8)
-        return _B64.unpack_from(self._buf, pos)[0], pos + 8
+    def _one(self, layout: str, pos: int) -> tuple[Any, int]:
+        """The single value of a one-field layout."""
+        values, pos = self._read(layout, pos)
+        return values[0], pos
 
-    def _bytes(self, pos: int, n: int) -> tuple[bytes, int]:
-        self._take(pos, n)
-        return self._buf[pos:pos + n].tobytes(), pos + n
-
-    def _str8(self, pos: int) -> tuple[str, int]:
-        n, pos = self._u8(pos)
-        raw, pos = self._bytes(pos, n)
-        return raw.decode(errors="replace"), pos
+    @staticmethod
+    def _text(raw: bytes) -> str:
+        return raw.decode(errors="replace")
 
     def _parse_item(self, events: list[Event]) -> None:
         w = self.w
         pos = self._start
         if self._state == _S_HEADER:
-            magic, pos = self._u32(pos)
+            # the magic is judged as soon as it is here (QEMU reads it first)
+            magic, _ = self._one("CHANNEL_MAGIC", pos)
             if magic != w.magic:
                 raise self._fail("not_a_stream")
-            version, pos = self._u32(pos)
+            (magic, version), pos = self._read("STREAM_HEADER", pos)
             if version == w.version_compat:
                 raise self._fail("version_v2")
             if version != w.version:
@@ -453,18 +475,16 @@ class StreamDecoder:
             events.append(Header(version))
             return
         if self._state == _S_CONFIG:
-            kind, pos = self._u8(pos)
-            if kind != w.configuration:
+            if self._peek(pos) != w.configuration:
                 raise self._fail("configuration_missing")
             events.append(self._parse_configuration(pos))
             self._state = _S_TOP
             return
         if self._state == _S_FOOTER:
             kind, sid, name = self._current  # type: ignore[misc]
-            mark, pos = self._u8(pos)
-            if mark != w.footer:
+            if self._peek(pos) != w.footer:
                 raise self._fail("footer_missing", name)
-            read, pos = self._u32(pos)
+            (_mark, read), pos = self._read("SECTION_FOOTER", pos)
             if read != sid:
                 raise self._fail("footer_mismatch", name, read, sid)
             self._start = pos
@@ -473,9 +493,9 @@ class StreamDecoder:
             events.append(SectionDone(kind, sid, name))
             return
         # _S_TOP
-        kind, pos = self._u8(pos)
+        kind = self._peek(pos)
         if kind == w.eof:
-            self._start = pos
+            self._start = pos + 1
             self._state = _S_DONE
             self.finished = True
             events.append(EndOfStream())
@@ -484,10 +504,8 @@ class StreamDecoder:
             self._parse_command(pos, events)
             return
         if kind in (w.section_start, w.section_full):
-            sid, pos = self._u32(pos)
-            name, pos = self._str8(pos)
-            instance, pos = self._u32(pos)
-            version, pos = self._u32(pos)
+            (_kind, sid, raw, instance, version), pos = self._read("SECTION_START", pos)
+            name = self._text(raw)
             if name not in (RAM_SECTION, GLOBALSTATE_SECTION, DEVICE_SECTION) or instance != 0:
                 raise self._fail("unknown_section", name, instance)
             self._begin_section(kind, sid, name, pos, events,
@@ -495,7 +513,7 @@ class StreamDecoder:
             self._sections[sid] = (name, version)
             return
         if kind in (w.section_part, w.section_end):
-            sid, pos = self._u32(pos)
+            (_kind, sid), pos = self._read("SECTION_PART", pos)
             if sid not in self._sections:
                 raise self._fail("unknown_section", str(sid), 0)
             name = self._sections[sid][0]
@@ -515,12 +533,13 @@ class StreamDecoder:
         # small FULL sections: parse the whole body now, once its declared
         # length is known to be within the spec's bound (nothing is buffered
         # for a section that could never be accepted)
-        length, pos = self._u32(pos)
-        if length > self.w.max_section_body:
-            raise self._fail("section_too_long", name, length, self.w.max_section_body)
-        if name == DEVICE_SECTION and length < self.w.min_device_state:
-            raise self._fail("device_state_short", name, length, self.w.min_device_state)
-        body, pos = self._bytes(pos, length)
+        try:
+            body, pos = self._one(
+                "DEVICE_BODY" if name == DEVICE_SECTION else "GLOBALSTATE_BODY", pos)
+        except OutOfBounds as exc:
+            if exc.max is not None and exc.value > exc.max:
+                raise self._fail("section_too_long", name, exc.value, exc.max) from None
+            raise self._fail("device_state_short", name, exc.value, exc.min) from None
         if started is not None:
             events.append(started)
         if name == DEVICE_SECTION:
@@ -533,29 +552,28 @@ class StreamDecoder:
 
     def _parse_configuration(self, pos: int) -> Configuration:
         w = self.w
-        length, pos = self._u32(pos)
-        if length > w.max_machine_name:
-            raise self._fail("machine_name_too_long", length, w.max_machine_name)
-        raw, pos = self._bytes(pos, length)
-        machine = raw.decode(errors="replace")
+        try:
+            (_kind, raw), pos = self._read("CONFIGURATION", pos)
+        except OutOfBounds as exc:
+            raise self._fail("machine_name_too_long", exc.value, exc.max) from None
+        machine = self._text(raw)
         uuid = page_bits = None
         caps: list[str] = []
         while True:
-            # Subsections follow while the next byte says so; peek needs one byte.
-            self._take(pos, 1)
-            if int(self._buf[pos]) != w.subsection:
+            # Subsections follow while the next byte says so.
+            if self._peek(pos) != w.subsection:
                 break
-            name, p = self._str8(pos + 1)
-            _version, p = self._u32(p)
+            (_kind, raw, _version), p = self._read("SUBSECTION", pos)
+            name = self._text(raw)
             if name == CONFIG_UUID:
-                uuid, p = self._bytes(p, 16)
+                uuid, p = self._one("CONFIG_UUID", p)
             elif name == CONFIG_PAGE_BITS:
-                page_bits, p = self._u32(p)
+                page_bits, p = self._one("CONFIG_PAGE_BITS", p)
             elif name == CONFIG_CAPS:
-                count, p = self._u32(p)
+                count, p = self._one("CONFIG_CAPABILITIES", p)
                 for _ in range(count):
-                    cap, p = self._str8(p)
-                    caps.append(cap)
+                    cap, p = self._one("CAPABILITY", p)
+                    caps.append(self._text(cap))
             else:
                 raise self._fail("unknown_section", name, 0)
             pos = p
@@ -569,17 +587,17 @@ class StreamDecoder:
 
     def _parse_command(self, pos: int, events: list[Event]) -> None:
         w = self.w
-        value, pos = self._u16(pos)
-        length, pos = self._u16(pos)
+        (_kind, value, length), pos = self._read("COMMAND_HEADER", pos)
         msg = w.cmd_by_value.get(value)
         if msg is None or value == w.cmd["INVALID"].value:
             raise self._fail("cmd_unknown", value, length)
         short = msg.name[len("MIG_CMD_"):]
         if msg.length is not None and length != msg.length:
             raise self._fail("cmd_bad_length", short, msg.length, length)
-        payload, pos = self._bytes(pos, length)
+        self._take(pos, length)
+        payload, pos = self._buf[pos:pos + length].tobytes(), pos + length
         if short == "PING" and not self.return_path:
-            raise self._fail("ping_no_return_path", _B32.unpack(payload)[0])
+            raise self._fail("ping_no_return_path", self.layouts.cmd["PING"].unpack(payload)[0])
         if short == "OPEN_RETURN_PATH":
             self.return_path = True  # a PING may follow in the same buffer
         self._start = pos
@@ -591,7 +609,8 @@ class StreamDecoder:
             if self._last_block is None:
                 raise self._fail("ram_unknown_block", "")
             return self._last_block, pos
-        name, pos = self._str8(pos)
+        raw, pos = self._one("RAM_BLOCK_ID", pos)
+        name = self._text(raw)
         block = self.blocks.get(name)
         if block is None:
             raise self._fail("ram_unknown_block", name)
@@ -610,7 +629,7 @@ class StreamDecoder:
             pos = self._start
             if self._end - pos < 8:
                 return False
-            hdr = _B64.unpack_from(self._buf, pos)[0]
+            hdr = self._record(self._buf, pos)[0]
             flags = hdr & self._mask
             if flags == self._pagec and self._last_block is not None:
                 if not self._page_run(self._last_block):
@@ -694,7 +713,7 @@ class StreamDecoder:
 
     def _one_record(self, hdr: int, events: list[Event]) -> None:
         w = self.w
-        pos = self._start + 8
+        pos = self._start + self.layouts["RAM_RECORD"].size  # type: ignore[operator]
         flags = hdr & self._mask
         addr = hdr & ~self._mask
         if flags & w.f_compress and not self.caps.get("compress", False):
@@ -704,8 +723,8 @@ class StreamDecoder:
             total = addr
             blocks = []
             while total > 0:
-                name, pos = self._str8(pos)
-                length, pos = self._u64(pos)
+                (raw, length), pos = self._read("RAM_BLOCK_ENTRY", pos)
+                name = self._text(raw)
                 block = self.blocks.get(name)
                 if block is None:
                     raise self._fail("ram_unknown_block", name)
@@ -722,7 +741,7 @@ class StreamDecoder:
             return
         if kind == w.f_zero:
             block, pos = self._block_for(flags, pos)
-            fill, pos = self._u8(pos)
+            fill, pos = self._one("ZERO_PAGE", pos)
             self._check_offset(block, addr)
             page = addr // self.page_size
             if fill or self._touched[block.name][page]:
@@ -745,12 +764,10 @@ class StreamDecoder:
             return
         if kind == w.f_xbzrle:
             block, pos = self._block_for(flags, pos)
-            enc, pos = self._u8(pos)
-            length, pos = self._u16(pos)
-            data, pos = self._bytes(pos, length)
+            (enc, data), pos = self._read("XBZRLE_PAGE", pos)
             if enc != w.encoding_xbzrle:
                 raise self._fail("xbzrle_bad_flag")
-            if length > self.page_size:
+            if len(data) > self.page_size:
                 raise self._fail("xbzrle_too_long")
             self._check_offset(block, addr)
             page = addr // self.page_size
@@ -765,10 +782,10 @@ class StreamDecoder:
             return
         if kind == w.f_compress:
             block, pos = self._block_for(flags, pos)
-            length, pos = self._u32(pos)
-            if length > 2 * self.page_size + 64:
-                raise self._fail("decompress_failed")
-            data, pos = self._bytes(pos, length)
+            try:  # a length beyond the spec's bound fails before it is buffered
+                data, pos = self._one("COMPRESSED_PAGE", pos)
+            except OutOfBounds:
+                raise self._fail("decompress_failed") from None
             self._check_offset(block, addr)
             try:  # never inflate more than a page (a peer's "zip bomb")
                 inflater = zlib.decompressobj()
