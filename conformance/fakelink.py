@@ -1,70 +1,46 @@
-"""The engine without threads or sockets: an in-memory network and drivers
-that a test steps by hand.
+"""The engine's own thread programs on an in-memory network, stepped by a test.
 
 Theory of operation
 -------------------
-The engine is sans-I/O (``livemig.engine.source``, ``.destination``,
-``.postcopy``): drivers move its bytes.  The real drivers
-(``livemig.engine.driver``, ``.postcopy_driver``) do it with threads and
-sockets; this module does it with *tasks* on one thread, so every
-interleaving is chosen by the test and replays exactly:
+The engine's thread bodies are programs (``livemig.engine.runner``): the
+source's migration, return-path and multifd-sender threads
+(``livemig.engine.source_driver``) and the destination's load, multifd
+receive and recovery threads (``livemig.engine.destination_driver``).  On
+real threads they run on :class:`~livemig.engine.runner.ThreadRunner`; here
+they run as *tasks* on one thread, so every interleaving is chosen by the
+test and replays exactly.  This module holds only what is fake:
 
 * :class:`FakeNetwork` -- listeners by URI, connections as pairs of byte
   pipes, one-way ``file:`` channels, and faults: a connection broken like a
   TCP reset (:meth:`FakeNetwork.break_connections`), connects refused
-  (:attr:`FakeNetwork.refuse`), a process killed (:meth:`FakeLink.kill`).
-* :class:`FakeSourceDriver` and :class:`FakeDestinationDriver` -- the
-  migration, return-path, load and multifd-receive threads of the real
-  drivers written as generators, step for step in the same order (same
-  session calls, same error handling).  A generator yields a predicate at
-  every point where the real thread blocks, or could be preempted; the task
-  can go on when the predicate is true.
-* :class:`FakeLink` -- the tasks, a simulated clock, and :meth:`FakeLink.step`
-  / :meth:`FakeLink.run` to move them.  ``FakeLink.transport(owner)`` is what
-  ``VM(transport=...)`` takes, so the VM's QMP commands, checkers, sessions and
-  status cells are the engine's own; only the drivers are these.
+  (:meth:`FakeNetwork.refuse_connect`), a process killed (:meth:`FakeLink.kill`).
+* :class:`Task` and :class:`FakeLink` -- the scheduler: a task is a program
+  and the operation it waits on, made a predicate over the fake network and
+  a simulated clock; :meth:`FakeLink.step` / :meth:`FakeLink.run` move them.
+* :class:`FakeRunner` -- the runner one process's drivers get;
+  ``FakeLink.transport(owner)`` is what ``VM(transport=...)`` takes, so the
+  VM's QMP commands, checkers, sessions, status cells *and drivers* are the
+  engine's own.
 
-What the real threads do differently is only *when*: the sequencing is the
-same code shape, and the socket drivers keep their own tests (the stateful
-run over sockets, the process and scenario tests).
+Rules: nothing here decides what a migration does (that is the programs'
+job); a fault is injected only through the network or :meth:`FakeLink.kill`;
+the simulated clock moves only when the test says so.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
-import struct
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generator, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional
 
-from livemig.engine import multifd as mfd
-from livemig.engine.guest import RUN_FINISH_MIGRATE, RUN_POSTMIGRATE
-from livemig.engine.multifd import MultifdDecoder
-from livemig.engine.postcopy import (
-    POSTCOPY_SOURCE_ROWS, Idle, PostcopyDestination, PostcopyDone, PostcopySource, StartPostcopy,
+from livemig.engine.runner import (
+    Accept, Connect, ListenerOrData, Op, Peek, Preempt, Program, Recv, RecvInto, WaitFor, Write,
 )
-from livemig.engine.source import Converged, Send, Wait
+from livemig.engine.source import Send
 from livemig.engine.stream import buffers_len
+from livemig.engine.threads import crash_text
 from livemig.engine.transport import Uri
-from livemig.engine.wire import wire_tables
-from livemig.errors import MigrationError, ReturnPathError, StreamError
-
-#: a predicate a task waits on; ``READY`` is a preemption point
-Predicate = Callable[[], bool]
-Program = Generator[Predicate, None, Any]
-RP_CLOSE_TIMEOUT = 60.0  # simulated seconds, as the real drivers'
-RESUME_TIMEOUT = 30.0
-
-
-def READY() -> bool:
-    return True
-
-
-def _text(exc: BaseException) -> str:
-    if isinstance(exc, MigrationError):
-        return exc.message
-    if isinstance(exc, OSError):
-        return exc.strerror or str(exc)
-    return str(exc)
 
 
 # ==================================================================== network
@@ -262,30 +238,70 @@ class FakeNetwork:
 
 
 # ==================================================================== tasks
-@dataclass
 class Task:
-    """One simulated thread: a generator and what it waits for."""
+    """One simulated thread: a program (see ``livemig.engine.runner``) and
+    the operation it waits on.
 
-    name: str
-    owner: str
-    program: Program
-    wait: Predicate = READY
-    done: bool = False
-    steps: int = 0
+    A *waiting* operation (a read, an accept, a wait for a condition) is a
+    predicate over the fake network and the simulated clock; the task can go
+    on when it holds, and the operation completes then.  A *non-blocking*
+    one (a write, a connect, a preemption point) is done the moment it is
+    yielded -- so bytes leave in the order the programs wrote them -- and
+    the task resumes at a later step with its result."""
+
+    def __init__(self, link: "FakeLink", name: str, owner: str, program: Program,
+                 on_crash: Callable[[str], None]) -> None:
+        self.link = link
+        self.name = name
+        self.owner = owner
+        self.program = program
+        self.on_crash = on_crash
+        self.op: Optional[Op] = None  # None: not started
+        self.since = link.clock.now  # when ``op`` was yielded
+        self.result: Any = None
+        self.error: Optional[BaseException] = None
+        self.done = False
+        self.steps = 0
+
+    def join(self, timeout: float) -> bool:
+        """No waiting on the fake link: has the program ended?"""
+        return self.done
 
     def runnable(self) -> bool:
-        return not self.done and bool(self.wait())
+        return not self.done and (self.op is None or self.link.ready(self))
 
     def step(self) -> bool:
         """Run to the next blocking point; False if it could not run."""
         if not self.runnable():
             return False
         self.steps += 1
+        if self.op is not None and not self.link.eager(self.op):
+            self.complete(lambda: self.link.complete(self))
         try:
-            self.wait = next(self.program)
+            if self.error is not None:
+                error, self.error = self.error, None
+                op = self.program.throw(error)
+            else:
+                op = self.program.send(self.result)
         except StopIteration:
             self.done = True
+            return True
+        except Exception as exc:  # the threads' net (engine/threads.py)
+            self.done = True
+            text = crash_text(self.name, exc)
+            self.link.crashes.append(text)
+            self.on_crash(text)
+            return True
+        self.op, self.since, self.result = op, self.link.clock.now, None
+        if self.link.eager(op):
+            self.complete(lambda: self.link.complete(self))
         return True
+
+    def complete(self, perform: Callable[[], Any]) -> None:
+        try:
+            self.result = perform()
+        except Exception as exc:  # handed to the program at its yield
+            self.error = exc
 
 
 @dataclass
@@ -305,12 +321,70 @@ class FakeLink:
     tasks: list[Task] = field(default_factory=list)
     #: bytes a destination reads at a time (small: records arrive torn)
     read_chunk: int = 1 << 19
+    #: texts of programs that ended by an exception nobody expected
+    crashes: list[str] = field(default_factory=list)
 
-    def spawn(self, name: str, owner: str, program: Program) -> Task:
-        task = Task(name, owner, program)
+    def spawn(self, name: str, owner: str, program: Program,
+              on_crash: Callable[[str], None]) -> Task:
+        task = Task(self, name, owner, program, on_crash)
         self.tasks.append(task)
         return task
 
+    # -- the operations (see livemig.engine.runner)
+    @staticmethod
+    def eager(op: Op) -> bool:
+        return isinstance(op, (Write, Connect, Preempt))
+
+    def ready(self, task: Task) -> bool:
+        op = task.op
+        if isinstance(op, (Write, Connect, Preempt)):
+            return True
+        if isinstance(op, WaitFor):
+            return bool(op.predicate()) or (op.until is not None and self.clock.now >= op.until)
+        if isinstance(op, (RecvInto, Recv)):
+            return getattr(op, "top_up", False) or op.chan.readable()
+        if isinstance(op, Accept):
+            return op.listener.ready()
+        if isinstance(op, Peek):
+            return (op.chan.available() >= op.n or op.chan.at_end()
+                    or self.clock.now >= task.since + op.timeout)
+        if isinstance(op, ListenerOrData):
+            return op.listener.ready() or (op.limit > 0 and op.chan.readable())
+        raise TypeError(f"unknown operation {op!r}")
+
+    def complete(self, task: Task) -> Any:
+        op = task.op
+        if isinstance(op, Write):
+            return op.chan.send_buffers(op.buffers)
+        if isinstance(op, Connect):
+            return self.network.connect(op.uri, task.owner)
+        if isinstance(op, Preempt):
+            return None
+        if isinstance(op, WaitFor):
+            return op.predicate()
+        if isinstance(op, RecvInto):
+            if op.top_up:
+                # reads are read_chunk sized, as the test chose: a top-up
+                # finds nothing waiting, so records still arrive torn
+                return 0
+            data = op.chan.recv(min(len(op.buf), self.read_chunk))
+            op.buf[:len(data)] = data
+            return len(data)
+        if isinstance(op, Recv):
+            return op.chan.recv(op.limit)
+        if isinstance(op, Accept):
+            return op.listener.accept()
+        if isinstance(op, Peek):
+            return op.chan.peek(op.n)
+        if isinstance(op, ListenerOrData):
+            if op.listener.closed:
+                return b""
+            if op.listener.pending:
+                return None
+            return op.chan.recv(op.limit)
+        raise TypeError(f"unknown operation {op!r}")
+
+    # -- scheduling
     def runnable(self) -> list[Task]:
         self.tasks = [t for t in self.tasks if not t.done]
         return [t for t in self.tasks if t.runnable()]
@@ -382,10 +456,43 @@ class FakeLink:
         return src, dst
 
 
-class FakeTransport:
-    """``VM(transport=...)``: listeners and drivers on the fake link."""
+class FakeRunner:
+    """``livemig.engine.runner.Runner`` on the fake link, for one process:
+    the engine's own driver programs, stepped by the test."""
 
     fault_timeout: Optional[float] = 0.0  # a vCPU never blocks: it retries later
+
+    def __init__(self, link: FakeLink, owner: str) -> None:
+        self.link = link
+        self.owner = owner
+        self.clock = link.clock
+
+    def spawn(self, name: str, program: Program, on_crash: Callable[[str], None]) -> Task:
+        return self.link.spawn(f"{self.owner}:{name}", self.owner, program, on_crash)
+
+    def wake(self) -> None:
+        """Nothing to do: every step re-checks what the tasks wait for."""
+
+    def block_until(self, predicate: Callable[[], bool], timeout: Optional[float]) -> bool:
+        return bool(predicate())  # one thread: whoever waits would wait forever
+
+    def session_lock(self) -> contextlib.nullcontext:
+        return contextlib.nullcontext()  # one thread: nothing interleaves inside a step
+
+    def parallel_map(self, workers: int) -> Callable[[Callable, Iterable], list]:
+        return lambda fn, items: [fn(item) for item in items]
+
+    def end_parallel(self) -> None:
+        pass
+
+    def postcopy_started(self) -> None:
+        pass
+
+
+class FakeTransport:
+    """``VM(transport=...)``: listeners and runners on the fake link."""
+
+    fault_timeout: Optional[float] = 0.0
 
     def __init__(self, link: FakeLink, owner: str) -> None:
         self.link = link
@@ -394,539 +501,8 @@ class FakeTransport:
     def listen(self, uri: Uri) -> FakeListener:
         return self.link.network.listen(uri, self.owner)
 
-    def source_driver(self, session: PostcopySource, uri: Uri) -> "FakeSourceDriver":
-        return FakeSourceDriver(self.link, self.owner, session, uri)
-
-    def destination_driver(self, session: PostcopyDestination, listener: FakeListener, *,
-                           multifd_channels: int, on_done: Callable[[bool], None],
-                           on_run: Callable[[], None]) -> "FakeDestinationDriver":
-        return FakeDestinationDriver(self.link, self.owner, session, listener,
-                                     multifd_channels=multifd_channels, on_done=on_done,
-                                     on_run=on_run)
-
-
-# ==================================================================== source
-class FakeSourceDriver:
-    """The migration and return-path threads of ``PostcopySourceDriver``."""
-
-    def __init__(self, link: FakeLink, owner: str, session: PostcopySource, uri: Uri) -> None:
-        self.link = link
-        self.owner = owner
-        self.session = session
-        self.uri = uri
-        self.chan: Optional[FakeChannel] = None
-        self.extra: list[FakeChannel] = []
-        self.aborted = False
-        self.continue_posted = False
-        self.resume_uri: Optional[Uri] = None
-        self.rp_error: Optional[str] = None
-        self.rp_done = False
-        self.rp_task: Optional[Task] = None
-        self._rp_generation = 0
-        self._stopped_vcpu = False
-        self.task: Optional[Task] = None
-
-    # ------------------------------------------------------------ control
-    def start(self) -> None:
-        self.task = self.link.spawn("source:migration", self.owner, self._run())
-
-    def join(self, timeout: float) -> bool:
-        return self.task is not None and self.task.done
-
-    def abort(self) -> None:
-        self.aborted = True
-        for chan in [self.chan] + self.extra:
-            if chan is not None:
-                chan.shutdown()
-
-    def post_continue(self) -> None:
-        self.continue_posted = True
-
-    def start_postcopy(self) -> None:
-        self.session.start_postcopy = True
-
-    def pause(self) -> None:
-        if self.chan is not None:
-            self.chan.shutdown()
-
-    def resume(self, uri: Uri) -> None:
-        self.resume_uri = uri
-
-    # ------------------------------------------------------------ thread
-    def _run(self) -> Program:
-        s = self.session
-        st = s.st
-        guest = s.guest
-        now = self.link.clock
-        in_completion = False
-        try:
-            try:
-                self.chan = self.link.network.connect(self.uri, self.owner)
-            except OSError as exc:
-                s.connect_error(_text(exc))
-                return
-            if not s.channel_connected(self.uri.protocol, self.chan.bidirectional):
-                return
-            yield READY  # the multifd channels connect asynchronously
-            try:
-                for ch in range(1, s.multifd_channels + 1):
-                    c = self.link.network.connect(self.uri, self.owner)
-                    self.extra.append(c)
-                    c.send_buffers([mfd.hello(s.profile, ch)])
-            except OSError as exc:
-                s.multifd_error(_text(exc))
-                return
-            if self.aborted:
-                return
-            buffers = s.setup(now())
-            if not buffers:
-                return
-            s.sent(self.chan.send_buffers(buffers), now())
-            if s.return_path:
-                self._start_rp()
-            yield READY
-            while True:
-                if self.rp_error is not None:
-                    raise ReturnPathError(self.rp_error)
-                step = s.poll(now())
-                if step is None:
-                    return
-                if isinstance(step, Wait):
-                    until = step.until
-                    yield lambda: now() >= until or self.aborted or self.rp_error is not None
-                    if self.aborted and s.postcopy_ram:
-                        return
-                    continue
-                if isinstance(step, (Converged, StartPostcopy)):
-                    break
-                self._send(step)
-                yield READY
-            if isinstance(step, Converged):
-                in_completion = True
-                guest.vm_stop(RUN_FINISH_MIGRATE)
-                self._stopped_vcpu = True
-                if s.switchover():
-                    yield lambda: self.continue_posted or self.aborted
-                    if s.state != st.pre_switchover:
-                        return
-                    s.continue_switchover()
-                if s.state not in (st.active, st.device):
-                    return
-                for step in s.completion(now()):
-                    self._send(step)
-                    yield READY
-                for chan in self.extra:
-                    chan.shutdown_write()
-                if self.rp_task is not None:
-                    yield from self._wait_shut()
-                if s.completed(now()):
-                    guest.set_run_state(RUN_POSTMIGRATE)
-                    self._stopped_vcpu = False
-                return
-            # ---- postcopy_start
-            if s.postcopy_start():
-                yield lambda: self.continue_posted or self.aborted
-                if s.state != st.pre_switchover:
-                    return
-                s.postcopy_continue()
-            if s.state != s.pst.active:
-                return
-            guest.vm_stop(RUN_FINISH_MIGRATE)
-            self._stopped_vcpu = True
-            yield READY  # the channel may break between the switch and the package
-            try:
-                self._send_main(s.package(now()))
-            except (OSError, MigrationError) as exc:
-                s.error_desc = _text(exc)
-                s.cell.fire(POSTCOPY_SOURCE_ROWS["start_stream_error"])
-                return
-            s.package_sent(now())
-            self._stopped_vcpu = False
-            guest.set_run_state(RUN_POSTMIGRATE)
-            yield READY
-            yield from self._postcopy_loop()
-        except (OSError, MigrationError) as exc:
-            text = _text(exc)
-            if isinstance(exc, OSError) and self.rp_error:
-                text = self.rp_error
-            s.stream_error(text, now(), in_completion=in_completion)
-        finally:
-            if not self.link_killed():
-                self._finish()
-
-    def link_killed(self) -> bool:
-        return self.task is not None and self.task.done
-
-    def _send(self, step: Send) -> None:
-        multifd = 0
-        for ch, bufs in step.extra:
-            try:
-                multifd += self.extra[ch - 1].send_buffers(bufs)
-            except OSError as exc:
-                self.session.multifd_error(_text(exc))  # the multifd thread's failure
-                raise
-        assert self.chan is not None
-        n = self.chan.send_buffers(step.buffers)
-        self.session.sent(n, self.link.clock(), multifd=multifd)
-
-    def _send_main(self, buffers: list) -> None:
-        assert self.chan is not None
-        self.session.sent(self.chan.send_buffers(buffers), self.link.clock())
-
-    def _finish(self) -> None:
-        s = self.session
-        if s.state == s.st.cancelling:
-            s.cleanup(self.link.clock())
-        if self._stopped_vcpu:
-            s.guest.vm_start()  # QEMU restarts a source whose migration failed
-            self._stopped_vcpu = False
-        for chan in self.extra + ([self.chan] if self.chan is not None else []):
-            chan.close()
-
-    # ------------------------------------------------------------ return path
-    def _start_rp(self) -> None:
-        assert self.chan is not None
-        self.rp_error = None
-        self.rp_done = False
-        self._rp_generation += 1
-        self.rp_task = self.link.spawn("source:return-path", self.owner,
-                                       self._rp_loop(self.chan, self._rp_generation))
-
-    def _rp_loop(self, chan: FakeChannel, gen: int) -> Program:
-        s = self.session
-        current = lambda: gen == self._rp_generation  # noqa: E731
-        try:
-            while True:
-                yield chan.readable
-                data = chan.recv(65536)
-                if not data:
-                    if s.shut is None and current():
-                        self.rp_error = self.rp_error or "return path closed"
-                        chan.shutdown()
-                    return
-                s.receive_rp(data)
-                if s.in_postcopy and self.chan is chan:
-                    step = s.requested()  # pages asked for leave from this thread
-                    if step is not None:
-                        try:
-                            s.sent(chan.send_buffers(step.buffers), self.link.clock())
-                        except OSError:
-                            pass  # the migration thread sees the broken channel
-                if s.shut is not None:
-                    return
-        except ReturnPathError as exc:
-            if current():
-                self.rp_error = exc.message
-            chan.shutdown()
-        except OSError as exc:
-            if s.shut is None and not self.aborted and current():
-                self.rp_error = _text(exc)
-        finally:
-            if current():
-                self.rp_done = True
-
-    def _wait_shut(self) -> Program:
-        deadline = self.link.clock() + RP_CLOSE_TIMEOUT
-        yield lambda: self.rp_done or self.link.clock() >= deadline
-        if not self.rp_done:
-            raise ReturnPathError("return path did not close")
-        if self.rp_error is not None:
-            raise ReturnPathError(self.rp_error)
-
-    # ------------------------------------------------------------ postcopy
-    def _postcopy_loop(self) -> Program:
-        s = self.session
-        while True:
-            try:
-                yield from self._postcopy_send_all()
-                return
-            except (OSError, MigrationError) as exc:
-                if self.aborted or s.state == s.st.cancelling:
-                    return
-                if not s.postcopy_pause(self.rp_error or _text(exc)):
-                    raise
-                resumed = yield from self._paused_until_resumed()
-                if not resumed:
-                    return
-
-    def _postcopy_send_all(self) -> Program:
-        s = self.session
-        now = self.link.clock
-        while True:
-            if self.rp_error is not None:
-                raise ReturnPathError(self.rp_error)
-            if self.aborted:
-                return
-            assert self.chan is not None
-            step = s.poll_postcopy(now())
-            if isinstance(step, Send):
-                s.sent(self.chan.send_buffers(step.buffers), now())
-                yield READY
-                continue
-            if isinstance(step, PostcopyDone):
-                s.sent(self.chan.send_buffers(s.postcopy_complete(now())), now())
-                yield from self._wait_shut()
-                s.completed(now())
-                return
-            if isinstance(step, Wait):
-                until = step.until
-                yield lambda: now() >= until or self.aborted or self.rp_error is not None
-                continue
-            if isinstance(step, Idle):
-                if s.state != s.pst.active:
-                    raise StreamError(s.error_desc or "postcopy: not active")
-                yield READY
-
-    def _paused_until_resumed(self) -> Program:
-        s = self.session
-        now = self.link.clock
-        if self.chan is not None:
-            self.chan.close()
-            self.chan = None
-        while True:
-            yield lambda: self.resume_uri is not None or self.aborted
-            if self.aborted:
-                return False
-            uri, self.resume_uri = self.resume_uri, None
-            assert uri is not None
-            try:
-                chan = self.link.network.connect(uri, self.owner)
-            except OSError as exc:
-                s.error_desc = _text(exc)  # migrate_fd_error: a no-op while paused
-                continue
-            self.chan = chan
-            if not s.resume_connected():
-                chan.close()
-                return False
-            try:
-                self._start_rp()
-                self._send_main(s.resume_prepare())
-                deadline = now() + RESUME_TIMEOUT
-                yield lambda: (s.bitmaps_reloaded or self.rp_error is not None
-                               or now() > deadline or self.aborted)
-                if not s.bitmaps_reloaded:
-                    raise ReturnPathError(self.rp_error or "recovery timed out")
-                self._send_main([s.resume_command()])
-                yield lambda: (s.state != s.pst.recover or self.rp_error is not None
-                               or now() > deadline or self.aborted)
-                if s.state == s.pst.recover:
-                    raise ReturnPathError(self.rp_error or "recovery timed out")
-                return s.state == s.pst.active
-            except (OSError, MigrationError) as exc:
-                if self.aborted:
-                    return False
-                s.postcopy_pause(self.rp_error or _text(exc))
-                chan.close()
-                self.chan = None
-
-
-# ==================================================================== destination
-class FakeBarrier:
-    """The multifd SYNC barrier without blocking: a channel's task waits on
-    :meth:`met` before it reads on (see FakeDestinationDriver._multifd_loop)."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-        self.counts: dict[int, int] = {}
-        self.broken = False
-
-    def arrive(self, k: int) -> None:
-        self.counts[k] = self.counts.get(k, 0) + 1
-
-    def met(self, k: int) -> bool:
-        return self.broken or k == 0 or self.counts.get(k, 0) >= self.n
-
-    def break_(self) -> None:
-        self.broken = True
-
-
-class FakeDestinationDriver:
-    """The load/listen thread (and multifd receive threads) of
-    ``PostcopyDestinationDriver``."""
-
-    def __init__(self, link: FakeLink, owner: str, session: PostcopyDestination,
-                 listener: FakeListener, *, multifd_channels: int,
-                 on_done: Callable[[bool], None], on_run: Callable[[], None]) -> None:
-        self.link = link
-        self.owner = owner
-        self.session = session
-        self.listener = listener
-        self.multifd_channels = multifd_channels
-        self.on_done = on_done
-        self.on_run = on_run
-        self.chan: Optional[FakeChannel] = None
-        self.aborted = False
-        self.recover_listener: Optional[FakeListener] = None
-        self.mf_chans: list[FakeChannel] = []
-        self.mf_tasks: list[Task] = []
-        self.mf_error: Optional[str] = None
-        self.barrier: Optional[FakeBarrier] = None
-        self.task: Optional[Task] = None
-        session.on_rp_data = self._flush_rp
-
-    def start(self) -> None:
-        self.task = self.link.spawn("destination:load", self.owner, self._run())
-
-    def join(self, timeout: float) -> bool:
-        return self.task is not None and self.task.done
-
-    def pause(self) -> None:
-        if self.chan is not None:
-            self.chan.shutdown()
-
-    def recover(self, listener: FakeListener) -> None:
-        old, self.recover_listener = self.recover_listener, listener
-        if old is not None and old is not listener:
-            old.close()
-
-    def abort(self) -> None:
-        self.aborted = True
-        for chan in [self.chan] + self.mf_chans:
-            if chan is not None:
-                chan.shutdown()
-        self.listener.close()
-        self.session.close()
-        if self.recover_listener is not None:
-            self.recover_listener.close()
-
-    def _flush_rp(self) -> None:
-        chan = self.chan
-        if chan is None or not chan.bidirectional:
-            return
-        data = self.session.data_to_send()
-        if data:
-            try:
-                chan.send_buffers([data])
-            except OSError:
-                pass  # the load thread sees the broken channel
-
-    # ------------------------------------------------------------ thread
-    def _run(self) -> Program:
-        s = self.session
-        ok = False
-        try:
-            self.chan = yield from self._accept_all()
-            self.listener.close()
-            while True:
-                try:
-                    yield from self._load()
-                    break
-                except (OSError, MigrationError) as exc:
-                    if not (s.in_postcopy and s.can_pause) or self.aborted:
-                        raise
-                    if not s.pause(_text(exc)) and s.cell.state != s.pst.recover:
-                        raise
-                    recovered = yield from self._wait_recovered()
-                    if not recovered:
-                        return
-            if self.mf_tasks:  # the real driver joins the channel threads here
-                yield lambda: all(t.done for t in self.mf_tasks)
-            s.load_finished()
-            self._flush_rp()
-            ok = True
-        except (OSError, MigrationError) as exc:
-            s.load_failed(_text(exc))
-            self._flush_rp()
-        finally:
-            if not (self.task is not None and self.task.done):
-                if self.chan is not None:
-                    self.chan.close()
-                self.on_done(ok)
-
-    def _accept_all(self) -> Generator[Predicate, None, FakeChannel]:
-        magic = wire_tables(self.session.profile).multifd_magic
-        main: Optional[FakeChannel] = None
-        while main is None or len(self.mf_chans) < self.multifd_channels:
-            listener = self.listener
-            yield lambda: listener.ready() or self.aborted
-            chan = listener.accept()
-            if not chan.bidirectional:
-                self.session.accepted()
-                return chan  # file: one channel
-            yield lambda: chan.available() >= 4 or chan.at_end()
-            head = chan.peek(4)
-            first = struct.unpack(">I", head)[0] if len(head) == 4 else None
-            if first == magic and self.multifd_channels:
-                self._start_multifd(chan)
-            else:
-                main = chan
-                self.session.accepted()
-        return main
-
-    def _start_multifd(self, chan: FakeChannel) -> None:
-        if self.barrier is None:
-            self.barrier = FakeBarrier(self.multifd_channels)
-        self.session.before_finish = self._multifd_finished
-        dec = MultifdDecoder(self.session.profile, self.session.guest.blocks,
-                             self.barrier)  # type: ignore[arg-type]
-        self.session.multifd.append(dec)
-        self.mf_chans.append(chan)
-        self.mf_tasks.append(self.link.spawn("destination:multifd", self.owner,
-                                             self._multifd_loop(dec, chan)))
-
-    def _multifd_loop(self, dec: MultifdDecoder, chan: FakeChannel) -> Program:
-        """Reads at most a page at a time: a read can then finish a SYNC packet
-        but never a SYNC and the page packet behind it, so waiting for the
-        barrier before each read keeps the real barrier's guarantee."""
-        barrier = self.barrier
-        assert barrier is not None
-        page = dec.page_size
-        try:
-            while True:
-                yield lambda: chan.readable() and barrier.met(dec.syncs)
-                data = chan.recv(page)
-                if not data:
-                    return
-                dec.feed(data)
-        except (OSError, StreamError) as exc:
-            self.mf_error = exc.message if isinstance(exc, StreamError) else _text(exc)
-            barrier.break_()
-            if self.chan is not None:
-                self.chan.shutdown()
-
-    def _multifd_finished(self) -> None:
-        if self.mf_error:
-            raise StreamError(self.mf_error)
-
-    def _load(self) -> Program:
-        s = self.session
-        chan = self.chan
-        assert chan is not None
-        started = s.run_requested
-        while not s.finished:
-            yield chan.readable
-            data = chan.recv(self.link.read_chunk)
-            if not data:
-                raise StreamError(s.decoder.w.error("stream_eof"))
-            buf = s.get_buffer(len(data))
-            buf[:len(data)] = data
-            s.buffer_updated(len(data))
-            self._flush_rp()
-            if s.run_requested and not started:
-                started = True
-                self.on_run()
-
-    def _wait_recovered(self) -> Generator[Predicate, None, bool]:
-        s = self.session
-        if self.chan is not None:
-            self.chan.close()
-            self.chan = None
-        while True:
-            yield lambda: self.aborted or (self.recover_listener is not None
-                                           and self.recover_listener.ready())
-            if self.aborted:
-                return False
-            listener = self.recover_listener
-            assert listener is not None
-            try:
-                chan = listener.accept()
-            except OSError:
-                self.recover_listener = None
-                continue  # a newer migrate-recover replaced the listener
-            listener.close()
-            self.recover_listener = None
-            self.chan = chan
-            return s.recover_accepted()
+    def runner(self) -> FakeRunner:
+        return FakeRunner(self.link, self.owner)
 
 
 def transferred(step: Send) -> int:

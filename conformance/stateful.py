@@ -128,18 +128,26 @@ def parameter_values(profile: Profile) -> st.SearchStrategy:
 
 # ==================================================================== backends
 class SocketBackend:
-    """Real drivers, real threads, unix sockets; time passing is waiting."""
+    """Real drivers, real threads, unix sockets; time passing is waiting.
+    Faults come from :mod:`livemig.conformance.faultrunner` (refused
+    connects, channels broken, breaks at exact points)."""
 
     name = "sockets"
 
     def __init__(self, profile_name: str) -> None:
+        from livemig.conformance.faultrunner import FaultPlan
         self.profile_name = profile_name
+        self.plan = FaultPlan()
 
     def make_vm(self, role: str, seed: int) -> Any:
+        from livemig.conformance.faultrunner import FaultyTransport
         from livemig.engine.vm import VM  # the engine is optional for importers
+        transport = FaultyTransport(self.plan)
         if role == "source":
-            return VM(ram_size=RAM, profile=self.profile_name, workload_rate=5000.0, seed=seed)
-        return VM(ram_size=RAM, profile=self.profile_name, incoming="defer")
+            return VM(ram_size=RAM, profile=self.profile_name, workload_rate=5000.0, seed=seed,
+                      transport=transport)
+        return VM(ram_size=RAM, profile=self.profile_name, incoming="defer",
+                  transport=transport)
 
     def run_until(self, vm: Any, settled: frozenset[str], seconds: float) -> None:
         """Wait (bounded) until something happens and the source settles."""
@@ -159,15 +167,13 @@ class SocketBackend:
         return True
 
     def break_channel(self, vms: dict[str, Any], running: frozenset[str]) -> None:
-        source = vms["source"]
-        if source._src_driver is not None and source.src_cell.state in running:
-            source._src_driver.abort()
+        self.plan.break_connections()
 
     def vcpu(self, vm: Any, amount: int) -> None:
         vm.set_workload(rate=float(amount) * 1000.0)
 
     def close(self) -> None:
-        pass
+        self.plan.clear_triggers()
 
 
 class FakeBackend:
@@ -257,15 +263,25 @@ def _backend(name: str, profile_name: str) -> SocketBackend | FakeBackend | Proc
 
 # ==================================================================== the machine
 #: deep states the real backends reach with QMP commands and bounded waits
-COMMAND_STARTS = ("pre-switchover", "postcopy-active", "postcopy-paused", "postcopy-resumed")
+COMMAND_STARTS = ("precopy-completed", "cancelled", "pre-switchover",
+                  "postcopy-pre-switchover", "postcopy-active", "postcopy-paused",
+                  "postcopy-resumed")
+PROCESS_STARTS = ("pre-switchover", "postcopy-active", "postcopy-paused", "postcopy-resumed")
+#: deep states the sockets backend reaches with faults at exact points
+#: (livemig.conformance.faultrunner): the rows only a broken network reaches
+FAULT_STARTS = ("multifd-refused", "multifd-broken", "precopy-broken", "completion-broken",
+                "package-broken", "listening-broken")
 
 
 def starts(backend: str) -> tuple[str, ...]:
     """Where an example can start on ``backend``: idle, a migrate that cannot
     get going, or a deep state (every one on the fake link; those commands
     reach on the real backends)."""
-    return ("idle",) + tuple(CONNECT_STARTS) + (tuple(DEEP_STATES) if backend == "fake"
-                                                else COMMAND_STARTS)
+    if backend == "fake":
+        return ("idle",) + tuple(CONNECT_STARTS) + tuple(DEEP_STATES)
+    if backend == "processes":  # slow to start: the starts QMP users reach most
+        return ("idle",) + tuple(CONNECT_STARTS) + PROCESS_STARTS
+    return ("idle",) + tuple(CONNECT_STARTS) + COMMAND_STARTS + FAULT_STARTS
 
 
 def build_machine(profile_name: str = "qemu-7.2", backend: str = "fake",
@@ -325,10 +341,11 @@ def build_machine(profile_name: str = "qemu-7.2", backend: str = "fake",
                     self._execute("source", "migrate-set-capabilities", {"capabilities": [
                         {"capability": c, "state": True} for c in caps]})
                 self._execute("source", "migrate", {"uri": self._uri(uri)})
-            elif start != "idle" and backend != "fake":
-                self._drive_by_commands(start)
             elif start != "idle":
-                self.drive_to(deep=start, return_path=return_path)
+                if backend == "fake":
+                    self.drive_to(deep=start, return_path=return_path)
+                else:
+                    self._drive_by_commands(start)
                 if then == "break":
                     self.break_channel()
                     self._settle()
@@ -428,21 +445,31 @@ def build_machine(profile_name: str = "qemu-7.2", backend: str = "fake",
             self.backend.run_until(self.vms["source"], SETTLED, seconds)
 
         def _drive_by_commands(self, deep: str) -> None:
-            """A deep state on real threads: capabilities, a slow postcopy (so
-            it lasts), migrate (and migrate-start-postcopy), a bounded wait
-            for the state, migrate-pause on the destination for paused, and
-            then migrate-recover + migrate resume=true for resumed."""
+            """A deep state on real threads: capabilities, a slow migration
+            (so it lasts), migrate (and migrate-start-postcopy), a bounded wait
+            for the state; migrate_cancel for cancelled; migrate-pause on the
+            destination for paused, then migrate-recover + migrate resume=true
+            for resumed; faults at exact points for :data:`FAULT_STARTS`."""
             src, dst = self.vms["source"], self.vms["destination"]
-            postcopy = deep != "pre-switchover"
+            if deep in FAULT_STARTS:
+                self._drive_into_fault(deep)
+                return
+            postcopy = deep.startswith("postcopy")
+            pause = deep in ("pre-switchover", "postcopy-pre-switchover")
             request = [{"capability": "postcopy-ram", "state": postcopy},
-                       {"capability": "pause-before-switchover", "state": not postcopy}]
+                       {"capability": "pause-before-switchover", "state": pause}]
             for side in SIDES:
                 self._execute(side, "migrate-set-capabilities", {"capabilities": request})
+            slow = deep == "cancelled" or postcopy
             self._execute("source", "migrate-set-parameters",
-                          {"max-bandwidth": 1 << 40, "max-postcopy-bandwidth": 1 << 20})
+                          {"max-bandwidth": (2 << 20) if slow else 1 << 40,
+                           "max-postcopy-bandwidth": 1 << 20})
             uri = self._listening()
             if not uri or not self._execute("source", "migrate", {"uri": uri}):
                 return
+            if deep == "cancelled":
+                self.backend.wait(lambda: src.src_cell.state == src.st.active, 20.0)
+                self._execute("source", "migrate_cancel", {})
             if not postcopy:
                 self.backend.wait(lambda: src.src_cell.state in SETTLED, 20.0)
                 return
@@ -454,11 +481,61 @@ def build_machine(profile_name: str = "qemu-7.2", backend: str = "fake",
                 self._execute("destination", "migrate-pause", {})
                 self.backend.wait(lambda: src.src_cell.state in SETTLED and
                                   dst.dst_cell.state in SETTLED | POSTCOPY, 20.0)
+            if deep == "postcopy-pre-switchover":
+                self._execute("source", "migrate-continue", {"state": src.src_cell.state})
+                self.backend.wait(lambda: src.src_cell.state in SETTLED, 20.0)
             if deep == "postcopy-resumed":
                 self.backend.wait(lambda: dst.dst_cell.state == src.src_cell.state, 20.0)
                 self.recover()
                 self.backend.wait(lambda: src.src_cell.state not in SETTLED - {
                     profile.status_names[0]} or src.src_cell.state in profile.terminal, 20.0)
+
+        def _drive_into_fault(self, deep: str) -> None:
+            """Migrations the sockets backend breaks at an exact point (see
+            :data:`FAULT_STARTS` and ``faultrunner.FaultPlan``)."""
+            src, dst = self.vms["source"], self.vms["destination"]
+            plan = self.backend.plan
+            caps = {"multifd-refused": ("multifd",), "multifd-broken": ("multifd",),
+                    "completion-broken": ("pause-before-switchover",),
+                    "package-broken": ("postcopy-ram",),
+                    "listening-broken": ("postcopy-ram",)}.get(deep, ())
+            if caps:
+                request = [{"capability": c, "state": True} for c in caps]
+                for side in SIDES:
+                    self._execute(side, "migrate-set-capabilities", {"capabilities": request})
+            slow = deep in ("multifd-broken", "precopy-broken", "package-broken")
+            self._execute("source", "migrate-set-parameters",
+                          {"max-bandwidth": (2 << 20) if slow else 1 << 40})
+            uri = self._listening()
+            if not uri:
+                return
+            if deep == "multifd-refused":
+                plan.refuse_connect(after=1)  # the first multifd channel
+            if deep == "package-broken":
+                plan.break_before_write = _package_marker(profile)
+            if deep == "listening-broken":
+                plan.break_after_bytes = _command_bytes(profile, "POSTCOPY_LISTEN")
+            if not self._execute("source", "migrate", {"uri": uri}):
+                plan.clear_triggers()
+                return
+            moving = lambda: (src.src_cell.state == src.st.active  # noqa: E731
+                              and src.source.stats.transferred > 0)
+            if deep in ("multifd-broken", "precopy-broken"):
+                self.backend.wait(moving, 20.0)
+                if deep == "multifd-broken":
+                    plan.break_multifd()
+                else:
+                    plan.break_connections()
+            if deep == "completion-broken":
+                self.backend.wait(lambda: src.src_cell.state in SETTLED, 20.0)
+                plan.break_connections()
+                self._execute("source", "migrate-continue", {"state": src.src_cell.state})
+            if deep in ("package-broken", "listening-broken"):
+                self._execute("source", "migrate-start-postcopy", {})
+            self.backend.wait(lambda: src.src_cell.state in SETTLED, 20.0)
+            if deep == "listening-broken":
+                self.backend.wait(lambda: dst.dst_cell.state in profile.terminal, 20.0)
+            plan.clear_triggers()
 
         def _listening(self) -> Optional[str]:
             """A URI the destination listens on (started if need be)."""
@@ -670,6 +747,20 @@ def _add_fake_rules(machine: type, postcopy: frozenset[str]) -> None:
 
     for fn in (run_threads, refuse_connect, kill_destination, drive_to):
         setattr(machine, fn.__name__, fn)
+
+
+def _command_bytes(profile: Profile, name: str) -> bytes:
+    """A payload-less migration command as the stream carries it."""
+    from livemig.engine.stream import StreamEncoder
+    return StreamEncoder(profile).command(name)
+
+
+def _package_marker(profile: Profile) -> bytes:
+    """The first bytes the source writes when it sends the postcopy package
+    (PING with the before-package value, see PostcopySource.package)."""
+    from livemig.engine.stream import StreamEncoder
+    enc = StreamEncoder(profile)
+    return enc.layouts.cmd["PING"].pack(profile.wire.const("PING_BEFORE_PACKAGE"))
 
 
 def _step_until(link: Any, done: Callable[[], bool], limit: int = 5000) -> None:

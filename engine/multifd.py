@@ -21,7 +21,13 @@ source puts one SYNC packet on every channel before that pass's pages; a
 destination channel that reads a SYNC waits at a barrier until every channel
 has read its SYNC (QEMU's multifd_send_sync_main / the receive threads'
 sem_sync), so a page re-sent in a later pass on another channel can never be
-overtaken by its older copy.  At the end of the stream the source shuts the
+overtaken by its older copy.
+
+The decoder is sans-I/O and never waits: after a SYNC packet it *holds*
+(:attr:`MultifdDecoder.held`) and parses nothing more, keeping the bytes
+behind the SYNC, until its owner calls :meth:`MultifdDecoder.release`; the
+receive program (``destination_driver``) records the arrival in
+:class:`SyncPoints` and waits for the other channels there.  At the end of the stream the source shuts the
 channels' write side; the destination's main loader, on EOF, waits until
 every channel has reached end-of-file with all packets applied, so RAM is
 complete when the main stream says it is.  Zero pages stay on the main
@@ -30,7 +36,6 @@ channel as ZERO records.
 from __future__ import annotations
 
 import struct
-import threading
 from typing import Optional
 
 import numpy as np
@@ -72,9 +77,7 @@ def page_packet(block: RAMBlock, idx: np.ndarray, data: np.ndarray, number: int,
 class MultifdDecoder:
     """One destination multifd channel: parses hello and packets, writes pages."""
 
-    def __init__(self, profile: Profile, blocks: dict[str, RAMBlock],
-                 barrier: Optional["SyncBarrier"] = None) -> None:
-        self.barrier = barrier
+    def __init__(self, profile: Profile, blocks: dict[str, RAMBlock]) -> None:
         self.w = wire_tables(profile)
         self.blocks = blocks
         self.page_size = self.w.page_size
@@ -82,9 +85,11 @@ class MultifdDecoder:
         self._start = 0
         self._end = 0
         self.channel: Optional[int] = None
+        #: SYNC packets parsed so far
         self.syncs = 0
+        #: stopped after a SYNC until :meth:`release`
+        self.held = False
         self.pages = 0
-        self.cond = threading.Condition()
 
     def get_buffer(self, want: int = 512 << 10) -> memoryview:
         """Writable memory for the next ``recv_into``."""
@@ -101,9 +106,17 @@ class MultifdDecoder:
 
     def buffer_updated(self, nbytes: int) -> None:
         self._end += nbytes
+        if not self.held:
+            self._parse()
+
+    def release(self) -> None:
+        """Every channel met at this SYNC: parse on (maybe up to the next)."""
+        self.held = False
         self._parse()
 
     def feed(self, data: bytes) -> None:
+        """Bytes of a channel that is alone (a barrier of one): every SYNC
+        is released at once."""
         mv = memoryview(data).cast("B")
         while len(mv):
             buf = self.get_buffer(len(mv))
@@ -111,6 +124,8 @@ class MultifdDecoder:
             buf[:n] = mv[:n]
             mv = mv[n:]
             self.buffer_updated(n)
+            while self.held:
+                self.release()
 
     def _parse(self) -> None:
         buf = self._buf
@@ -150,33 +165,28 @@ class MultifdDecoder:
             pos += need
             self._start = pos
             if flags & FLAG_SYNC:
-                with self.cond:
-                    self.syncs += 1
-                    self.cond.notify_all()
-                if self.barrier is not None:
-                    self.barrier.arrive(self.syncs)
+                self.syncs += 1
+                self.held = True
+                return
         self._start = pos
 
 
-class SyncBarrier:
-    """All ``n`` channels meet at their k-th SYNC before any goes on."""
+class SyncPoints:
+    """Where the ``n`` receive channels are: channel slot i has reached its
+    ``reached[i]``-th SYNC.  Each slot is written by its own channel only, so
+    the channels share it without a lock; a channel at its k-th SYNC goes on
+    once :meth:`met` (k) holds, or the barrier is broken (a channel failed)."""
 
-    def __init__(self, n: int, timeout: float = 120.0) -> None:
+    def __init__(self, n: int) -> None:
         self.n = n
-        self.timeout = timeout
-        self._counts: dict[int, int] = {}
-        self._cond = threading.Condition()
+        self.reached = [0] * n
         self.broken = False
 
-    def arrive(self, k: int) -> None:
-        with self._cond:
-            self._counts[k] = self._counts.get(k, 0) + 1
-            self._cond.notify_all()
-            if not self._cond.wait_for(
-                    lambda: self.broken or self._counts.get(k, 0) >= self.n, self.timeout):
-                raise StreamError("multifd: channels did not meet at a sync point")
+    def arrive(self, slot: int, k: int) -> None:
+        self.reached[slot] = k
+
+    def met(self, k: int) -> bool:
+        return self.broken or min(self.reached) >= k
 
     def break_(self) -> None:
-        with self._cond:
-            self.broken = True
-            self._cond.notify_all()
+        self.broken = True

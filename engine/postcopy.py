@@ -47,12 +47,14 @@ Destination:
 * pages are tracked in a *received* bitmap from ADVISE on; after LISTEN a page
   already received is never written again (a page both requested and pushed
   is placed once), and a page's received bit is set only after its bytes are
-  in place, so a vCPU waiting in :meth:`~PostcopyDestination.fault` never
-  reads half a page.
-* :meth:`~PostcopyDestination.fault` is the vCPU touching pages: missing pages
-  are requested on the return path (REQ_PAGES_ID when the block changes,
-  REQ_PAGES otherwise, page aligned) and the caller blocks until they are
-  placed.  The request -> placed round trip feeds a latency histogram.
+  in place, so a vCPU let through by :meth:`~PostcopyDestination.present`
+  never reads half a page.
+* :meth:`~PostcopyDestination.request_pages` is the vCPU touching pages: the
+  return-path bytes that ask for the missing ones (REQ_PAGES_ID when the
+  block changes, REQ_PAGES otherwise, page aligned; :class:`PageRequests`).
+  It never blocks: the driver sends them and waits until the pages are
+  placed (:attr:`~PostcopyDestination.on_pages_placed`).  The request ->
+  placed round trip feeds a latency histogram.
 * a load error with PostcopyState RUNNING is :meth:`~PostcopyDestination.pause`
   (``dst.pause``); otherwise the listen thread fails (``dst.listen.failed``).
   ``migrate-recover`` emits ``dst.incoming.setup_event``; the new channel
@@ -62,52 +64,31 @@ Destination:
 """
 from __future__ import annotations
 
+import contextlib
 import struct
-import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, ContextManager, Optional
 
 import numpy as np
 
 from livemig.core.cell import PostcopyCell, StatusCell
 from livemig.engine.destination import DestinationMigration
 from livemig.engine.guest import Guest, RAMBlock
+from livemig.engine.rows import POSTCOPY_DESTINATION_ROWS, POSTCOPY_SOURCE_ROWS
 from livemig.engine.returnpath import ReturnPathDecoder, RPMessage, encode_rp, encode_u32
 from livemig.engine.source import BUFFER_DELAY, Send, SourceMigration, Wait
 from livemig.engine.stream import (
     DEVICE_SECTION, GLOBALSTATE_SECTION, CommandReceived, DeviceState, EndOfStream, Event,
     StreamDecoder, _S_TOP,
 )
+from livemig.engine.wire import wire_tables
 from livemig.errors import ReturnPathError, StreamError
 from livemig.spec.schema import Profile
 
-#: source rows fired here: engine name -> spec row id.  QEMU's
-#: ``src.postcopy_start.fail`` is not among them: only a device that fails to
-#: save or an oversized package takes that path, and the engine has neither
-#: (a broken stream during the switch is ``.stream_error``, as in QEMU).
-POSTCOPY_SOURCE_ROWS = {
-    "switch": "src.postcopy_start.switch",
-    "pre_switchover": "src.postcopy_start.pre_switchover",
-    "continue": "src.postcopy_start.continue",
-    "start_stream_error": "src.postcopy_start.stream_error",
-    "pause": "src.postcopy_pause",
-    "resume": "src.fd_connect.resume",
-    "resume_ack": "src.rp.resume_ack",
-    "completed": "src.completion.completed",
-}
-
-#: destination rows fired here: engine name -> spec row id
-POSTCOPY_DESTINATION_ROWS = {
-    "setup_event": "dst.incoming.setup_event",
-    "listen": "dst.listen.start",
-    "listen_failed": "dst.listen.failed",
-    "listen_completed": "dst.listen.completed",
-    "pause": "dst.pause",
-    "recover": "dst.recover.accept",
-    "resume": "dst.resume",
-}
-
+# Rules: no threads, sockets, locks or sleeps here.  The sessions are owned
+# by one driver thread each; what another thread may touch is said where it
+# is (PageRequests, under the lock the driver gives as ``exclusive``).
 SROW = POSTCOPY_SOURCE_ROWS
 DROW = POSTCOPY_DESTINATION_ROWS
 
@@ -156,40 +137,42 @@ class ReceivedBitmap:
 
 
 class LatencyHistogram:
-    """Fault round trips (request -> placed), in fixed buckets plus raw samples."""
+    """Fault round trips (request -> placed), in fixed buckets plus raw samples.
+
+    One thread adds (the one placing pages); any thread may read: readers
+    work on a snapshot of the samples (a list copy is atomic in CPython)."""
 
     def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS) -> None:
         self.bounds = bounds
         self.counts = [0] * (len(bounds) + 1)
         self.samples: list[float] = []
-        self._lock = threading.Lock()
 
     def add(self, seconds: float) -> None:
-        with self._lock:
-            self.samples.append(seconds)
-            i = int(np.searchsorted(self.bounds, seconds))
-            self.counts[i] += 1
+        i = int(np.searchsorted(self.bounds, seconds))
+        self.counts[i] += 1
+        self.samples.append(seconds)
 
     def percentile(self, p: float) -> Optional[float]:
-        with self._lock:
-            if not self.samples:
-                return None
-            return float(np.percentile(self.samples, p))
+        samples = list(self.samples)
+        if not samples:
+            return None
+        return float(np.percentile(samples, p))
 
     def to_json(self) -> dict[str, Any]:
         """A MigrationInfo-shaped histogram (microsecond bounds)."""
-        with self._lock:
-            n = len(self.samples)
-            buckets = [{"le-us": int(round(b * 1e6)), "count": c}
-                       for b, c in zip(self.bounds, self.counts)]
-            buckets.append({"le-us": None, "count": self.counts[-1]})
-            out: dict[str, Any] = {"count": n, "buckets": buckets}
-            if n:
-                arr = np.array(self.samples)
-                out.update({"p50-us": int(np.percentile(arr, 50) * 1e6),
-                            "p99-us": int(np.percentile(arr, 99) * 1e6),
-                            "max-us": int(arr.max() * 1e6)})
-            return out
+        samples = list(self.samples)
+        counts = list(self.counts)
+        n = len(samples)
+        buckets = [{"le-us": int(round(b * 1e6)), "count": c}
+                   for b, c in zip(self.bounds, counts)]
+        buckets.append({"le-us": None, "count": counts[-1]})
+        out: dict[str, Any] = {"count": n, "buckets": buckets}
+        if n:
+            arr = np.array(samples)
+            out.update({"p50-us": int(np.percentile(arr, 50) * 1e6),
+                        "p99-us": int(np.percentile(arr, 99) * 1e6),
+                        "max-us": int(arr.max() * 1e6)})
+        return out
 
 
 def _bitmap_size(npages: int) -> int:
@@ -289,7 +272,6 @@ class PostcopySource(SourceMigration):
         self.postcopy_requests = 0
         self.postcopy_bytes = 0
         self._requests: list[tuple[RAMBlock, int, int]] = []  # (block, first page, count)
-        self._req_lock = threading.Lock()
         self._last_req_block: Optional[RAMBlock] = None
         self._bitmaps_wanted: set[str] = set()
         self.resume_count = 0
@@ -415,8 +397,7 @@ class PostcopySource(SourceMigration):
                     + [self.enc.eos(), self.enc.footer(self._ram_sid)])
 
     def _requested_body(self) -> tuple[list, bool]:
-        with self._req_lock:
-            requests, self._requests = self._requests, []
+        requests, self._requests = self._requests, []
         body: list = []
         sent_any = False
         self.enc.reset_continue()
@@ -536,15 +517,13 @@ class PostcopySource(SourceMigration):
             raise ReturnPathError(self.w.error("rp_request_overrun", start, length,
                                                block.used_length))
         self.postcopy_requests += 1
-        with self._req_lock:
-            self._requests.append((block, start // self.page_size, length // self.page_size))
+        self._requests.append((block, start // self.page_size, length // self.page_size))
 
     # ------------------------------------------------------------ pause / resume
     def postcopy_pause(self, message: str) -> bool:
         """A broken channel in postcopy-active or -recover: -> postcopy-paused."""
         self.error_desc = message
-        with self._req_lock:
-            self._requests.clear()  # the destination re-sends them after RESUME
+        self._requests.clear()  # the destination re-sends them after RESUME
         self._last_req_block = None
         self.rp_decoder = self._new_rp_decoder()
         return self.cell.fire(SROW["pause"])
@@ -703,6 +682,81 @@ class PostcopyStreamDecoder(StreamDecoder):
         self._start = pos
 
 
+class PageRequests:
+    """The destination's outstanding page requests (QEMU's fault thread's
+    bookkeeping): which pages were asked for and when, the REQ_PAGES /
+    REQ_PAGES_ID choice, and the request -> placed latency.
+
+    Two threads use it (a vCPU asking, the load thread placing): the session
+    holds it under :attr:`PostcopyDestination.exclusive`, a lock its driver
+    gives (none when one thread does everything, as in the unit tests)."""
+
+    def __init__(self, profile: Profile, blocks: dict[str, RAMBlock], page_size: int) -> None:
+        rp = wire_tables(profile).rp
+        self.page_size = page_size
+        self._rp_req_pages_id = rp["REQ_PAGES_ID"].value
+        self._rp_req_pages = rp["REQ_PAGES"].value
+        self.asked = {name: np.zeros(b.npages, dtype=bool) for name, b in blocks.items()}
+        self.times: dict[str, dict[int, float]] = {name: {} for name in blocks}
+        self.last_block: Optional[str] = None
+        self.latency = LatencyHistogram()
+        self.count = 0
+
+    def request(self, name: str, first: int, missing: np.ndarray, now: float,
+                send: bool) -> bytes:
+        """Ask for the ``missing`` pages (a mask from page ``first``) not
+        asked for yet; the request bytes (none if ``send`` is False: a paused
+        channel, the requests are re-sent after RESUME)."""
+        mask = self.asked[name]
+        new = missing & ~mask[first:first + len(missing)]
+        if not new.any():
+            return b""
+        times = self.times[name]
+        data = b""
+        for a, n in _runs(new):
+            a += first
+            mask[a:a + n] = True
+            for p in range(a, a + n):
+                times[p] = now
+            if send:
+                data += self._request_bytes(name, a, n)
+            self.count += 1
+        return data
+
+    def placed(self, name: str, idx: np.ndarray, now: float) -> None:
+        mask = self.asked[name]
+        hit = idx[mask[idx]]
+        if hit.size == 0:
+            return
+        mask[hit] = False
+        times = self.times[name]
+        for p in hit.tolist():
+            t = times.pop(p, None)
+            if t is not None:
+                self.latency.add(now - t)
+
+    def pending(self, received: dict[str, np.ndarray]) -> bytes:
+        """Every request still outstanding, again (after POSTCOPY_RESUME; the
+        first names its block)."""
+        self.last_block = None
+        out = b""
+        for name, mask in self.asked.items():
+            for first, count in _runs(mask & ~received[name]):
+                out += self._request_bytes(name, first, count)
+        return out
+
+    def _request_bytes(self, name: str, first: int, count: int) -> bytes:
+        # framed here from ids read once: encode_rp's table lookup hashes the
+        # whole profile on every call, too slow for the fault path
+        ps = self.page_size
+        if name != self.last_block:
+            self.last_block = name
+            raw = name.encode()
+            return struct.pack(">HHQIB", self._rp_req_pages_id, 13 + len(raw), first * ps,
+                               count * ps, len(raw)) + raw
+        return struct.pack(">HHQI", self._rp_req_pages, 12, first * ps, count * ps)
+
+
 class PostcopyDestination(DestinationMigration):
     """An incoming migration that accepts postcopy, faults, pauses and recovers."""
 
@@ -717,44 +771,35 @@ class PostcopyDestination(DestinationMigration):
         self.decoder.on_command = self._command_now
         self.pc = PostcopyCell(profile)
         self.pst = postcopy_statuses(profile)
+        #: the runner's clock (simulated on the fake link): stamps requests
         self._clock = clock
         handler = profile.postcopy_handler
         self._ps_running = handler("run").new
         self.received = {name: np.zeros(b.npages, dtype=bool) for name, b in guest.blocks.items()}
-        self._cond = threading.Condition()
-        self._req_time: dict[str, dict[int, float]] = {name: {} for name in guest.blocks}
-        self._req_mask = {name: np.zeros(b.npages, dtype=bool) for name, b in guest.blocks.items()}
-        self._last_req_block: Optional[str] = None
-        rp = self.decoder.w.rp
-        self._rp_req_pages_id = rp["REQ_PAGES_ID"].value
-        self._rp_req_pages = rp["REQ_PAGES"].value
-        self.latency = LatencyHistogram()
-        self.postcopy_requests = 0
+        self.requests = PageRequests(profile, guest.blocks, self.decoder.page_size)
+        #: held around every use of :attr:`requests` (see PageRequests)
+        self.exclusive: ContextManager = contextlib.nullcontext()
+        #: called after pages are placed (the driver wakes waiting vCPUs)
+        self.on_pages_placed: Optional[Callable[[], None]] = None
+        #: called, under :attr:`exclusive`, when queued return-path bytes must
+        #: leave before any request a vCPU makes next (RESUME_ACK and the
+        #: re-sent requests: a later REQ_PAGES relies on their block)
+        self.on_rp_data: Optional[Callable[[], None]] = None
+        self.latency = self.requests.latency
         self.run_requested = False
         self.listening_started = False
         self.package_remaining: Optional[int] = None
-        self.on_rp_data: Optional[Callable[[], None]] = None
         self.closed = False
         self.warning: Optional[str] = None
-        self._rp_lock = threading.Lock()
-        #: held by migrate-recover (check + setup event) and by the load thread
-        #: accepting the recovery channel, so the two never interleave
-        self.recover_lock = threading.Lock()
+
+    @property
+    def postcopy_requests(self) -> int:
+        return self.requests.count
 
     # ------------------------------------------------------------ lifecycle
     def accepted(self) -> bool:
         self.pc.handle("incoming_start")
         return super().accepted()
-
-    def data_to_send(self) -> bytes:
-        with self._rp_lock:
-            return super().data_to_send()
-
-    def _queue_rp(self, data: bytes) -> None:
-        with self._rp_lock:
-            self._rp_out += data
-        if self.on_rp_data is not None:
-            self.on_rp_data()
 
     @property
     def in_postcopy(self) -> bool:
@@ -782,8 +827,7 @@ class PostcopyDestination(DestinationMigration):
             elif isinstance(ev, EndOfStream):
                 self.finished = True
             else:
-                with self._rp_lock:
-                    super()._handle([ev])
+                super()._handle([ev])
         return events
 
     def _cmd_postcopy_advise(self, payload: bytes) -> None:
@@ -832,13 +876,12 @@ class PostcopyDestination(DestinationMigration):
             raise StreamError(w.error("ram_unknown_block", name))
         ranges = np.frombuffer(body, dtype=">u8").reshape(-1, 2)
         ps = self.decoder.page_size
-        with self._cond:
-            for start, length in ranges.tolist():
-                if start % ps or length % ps or start + length > block.used_length:
-                    raise StreamError(w.error("ram_bad_offset", start))
-                a, b = start // ps, (start + length) // ps
-                block.pages[a:b] = 0
-                self.received[name][a:b] = False
+        for start, length in ranges.tolist():
+            if start % ps or length % ps or start + length > block.used_length:
+                raise StreamError(w.error("ram_bad_offset", start))
+            a, b = start // ps, (start + length) // ps
+            block.pages[a:b] = 0
+            self.received[name][a:b] = False
 
     def _cmd_postcopy_listen(self, payload: bytes) -> None:
         self.pc.handle("listen")
@@ -861,11 +904,12 @@ class PostcopyDestination(DestinationMigration):
             # QEMU only reports it and carries on.
             self.warning = self.decoder.w.error("resume_illegal", "loadvm_postcopy_handle_resume")
             return
-        self._last_req_block = None
         self.cell.fire(DROW["resume"])
         data = encode_u32(self.profile, "RESUME_ACK", self.decoder.w.resume_ack_value)
-        data += self._pending_requests()
-        self._queue_rp(data)
+        with self.exclusive:
+            self._rp_out += data + self.requests.pending(self.received)
+            if self.on_rp_data is not None:
+                self.on_rp_data()
 
     def _cmd_recv_bitmap(self, payload: bytes) -> None:
         w = self.decoder.w
@@ -876,93 +920,50 @@ class PostcopyDestination(DestinationMigration):
             raise StreamError(w.error("ram_unknown_block", name))
         if self.cell.state != self.pst.recover:
             raise StreamError(w.error("rp_recv_bitmap_not_recovering"))
-        with self._cond:
-            bitmap = encode_received_bitmap(self.received[name])
+        bitmap = encode_received_bitmap(self.received[name])
         raw = name.encode()
-        data = (encode_rp(self.profile, "RECV_BITMAP", bytes([len(raw)]) + raw)
-                + struct.pack(">Q", len(bitmap)) + bitmap
-                + struct.pack(">Q", w.recv_bitmap_ending))
-        self._queue_rp(data)
+        self._rp_out += (encode_rp(self.profile, "RECV_BITMAP", bytes([len(raw)]) + raw)
+                         + struct.pack(">Q", len(bitmap)) + bitmap
+                         + struct.pack(">Q", w.recv_bitmap_ending))
 
     # ------------------------------------------------------------ faults
-    def _request_bytes(self, name: str, first: int, count: int) -> bytes:
-        # framed here from ids read once: encode_rp's table lookup hashes the
-        # whole profile on every call, too slow for the fault path
-        ps = self.decoder.page_size
-        if name != self._last_req_block:
-            self._last_req_block = name
-            raw = name.encode()
-            return struct.pack(">HHQIB", self._rp_req_pages_id, 13 + len(raw), first * ps,
-                               count * ps, len(raw)) + raw
-        return struct.pack(">HHQI", self._rp_req_pages, 12, first * ps, count * ps)
+    def present(self, block_name: str, first: int, last: int) -> bool:
+        """Pages [first, last) of ``block_name`` are all placed (a vCPU may
+        touch them)."""
+        return bool(self.received[block_name][first:last].all())
 
-    def _pending_requests(self) -> bytes:
-        out = b""
-        with self._cond:
-            for name, mask in self._req_mask.items():
-                for first, count in _runs(mask & ~self.received[name]):
-                    out += self._request_bytes(name, first, count)
-        return out
+    def request_pages(self, block_name: str, first: int, last: int) -> bytes:
+        """The vCPU touches pages [first, last): the return-path bytes that
+        ask for the missing ones not asked for yet (none while paused: they
+        are re-sent after RESUME).  Never blocks: the caller sends the bytes
+        and waits for :attr:`on_pages_placed` (QEMU's fault thread)."""
+        missing = ~self.received[block_name][first:last]
+        if not missing.any():
+            return b""
+        with self.exclusive:
+            return self.requests.request(block_name, first, missing, self._clock(),
+                                         send=self.cell.state == self.pst.active)
 
-    def fault(self, block_name: str, first: int, last: int,
-              timeout: Optional[float] = None) -> bool:
-        """The vCPU touches pages [first, last) of ``block_name``: request the
-        missing ones and wait until they are placed.  False on timeout or
-        close (the vCPU must not touch the pages then)."""
-        received = self.received[block_name]
-        if received[first:last].all():
+    def fault(self, block_name: str, first: int, last: int) -> bool:
+        """:meth:`request_pages` with the bytes queued on the return path
+        (for a caller that is also the session's owner): True if every page
+        is there already."""
+        if self.present(block_name, first, last):
             return True
-        with self._cond:
-            missing = ~received[first:last]
-            if not missing.any():
-                return True
-            mask = self._req_mask[block_name]
-            new = missing & ~mask[first:last]
-            data = b""
-            if new.any():
-                now = self._clock()
-                times = self._req_time[block_name]
-                for a, n in _runs(new):
-                    a += first
-                    mask[a:a + n] = True
-                    for p in range(a, a + n):
-                        times[p] = now
-                    # A paused channel holds them: re-sent after RESUME.
-                    if self.cell.state == self.pst.active:
-                        data += self._request_bytes(block_name, a, n)
-                    self.postcopy_requests += 1
-            if data:
-                with self._rp_lock:
-                    self._rp_out += data
-        if data and self.on_rp_data is not None:
-            self.on_rp_data()
-        with self._cond:
-            self._cond.wait_for(lambda: self.closed or bool(received[first:last].all()),
-                                timeout)
-            return bool(received[first:last].all())
+        self._rp_out += self.request_pages(block_name, first, last)
+        return False
 
     def _on_placed(self, block: RAMBlock, idx: np.ndarray) -> None:
-        mask = self._req_mask[block.name]
-        hit = idx[mask[idx]]
-        if hit.size == 0:
-            with self._cond:
-                self._cond.notify_all()
-            return
-        now = self._clock()
-        times = self._req_time[block.name]
-        with self._cond:
-            mask[hit] = False
-            for p in hit.tolist():
-                t = times.pop(p, None)
-                if t is not None:
-                    self.latency.add(now - t)
-            self._cond.notify_all()
+        with self.exclusive:
+            self.requests.placed(block.name, idx, self._clock())
+        if self.on_pages_placed is not None:
+            self.on_pages_placed()
 
     def close(self) -> None:
-        """Release every vCPU waiting in :meth:`fault` (shutdown)."""
-        with self._cond:
-            self.closed = True
-            self._cond.notify_all()
+        """Release every vCPU waiting for a page (shutdown)."""
+        self.closed = True
+        if self.on_pages_placed is not None:
+            self.on_pages_placed()
 
     # ------------------------------------------------------------ ending
     def load_finished(self) -> bool:
@@ -972,7 +973,7 @@ class PostcopyDestination(DestinationMigration):
         self.pc.handle("end")
         ok = self.cell.fire(DROW["listen_completed"])
         if self.return_path:
-            self._queue_rp(encode_u32(self.profile, "SHUT", 0))
+            self._rp_out += encode_u32(self.profile, "SHUT", 0)
         return ok
 
     def load_failed(self, message: str) -> bool:
@@ -993,8 +994,7 @@ class PostcopyDestination(DestinationMigration):
         """postcopy_pause_incoming: postcopy-active -> postcopy-paused."""
         self.error_desc = message
         ok = self.cell.fire(DROW["pause"])
-        with self._rp_lock:
-            self._rp_out.clear()
+        self._rp_out.clear()
         return ok
 
     def recover_listening(self) -> None:
@@ -1017,8 +1017,7 @@ class PostcopyDestination(DestinationMigration):
         dec.counters = old.counters
         assert dec._state == _S_TOP
         self.decoder = dec
-        with self._rp_lock:
-            self._rp_out.clear()
+        self._rp_out.clear()
         return self.cell.fire(DROW["recover"])
 
 

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import struct
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional
 
@@ -163,11 +162,10 @@ class SourceMigration:
         self.xbzrle: Optional[XbzrleCache] = (
             XbzrleCache(int(params.get("xbzrle-cache-size", 64 << 20)), self.page_size)
             if caps.get("xbzrle") else None)
-        self._compress_pool: Optional[ThreadPoolExecutor] = None
-        if caps.get("compress"):
-            self._compress_pool = ThreadPoolExecutor(
-                max_workers=max(1, int(params.get("compress-threads", 1))),
-                thread_name_prefix="livemig-compress")
+        #: how compressed pages are made: one by one here; a driver on real
+        #: threads gives a map over compress-threads workers (zlib releases
+        #: the GIL), see runner.ThreadRunner.parallel_map
+        self.parallel_map: Callable[[Callable, Any], list] = _serial_map
         self.multifd_channels = (int(params.get("multifd-channels", 2))
                                  if caps.get("multifd") else 0)
         self._multifd_next = 0
@@ -394,7 +392,7 @@ class SourceMigration:
             if not bulk:
                 return out + self._xbzrle_pages(block, norm_idx, norm_data), extra
             self._xbzrle_fill(block, norm_idx, norm_data)
-        if self._compress_pool is not None:
+        if self.caps.get("compress"):
             return out + self._compress_pages(block, norm_idx, norm_data), extra
         self.stats.normal += len(norm_idx)
         self.stats.normal_bytes += len(norm_idx) * self.page_size
@@ -459,9 +457,7 @@ class SourceMigration:
     def _compress_pages(self, block: RAMBlock, idx: np.ndarray,
                         data: np.ndarray) -> list[Buffer]:
         level = int(self.params.get("compress-level", 1))
-        pool = self._compress_pool
-        assert pool is not None
-        blobs = list(pool.map(lambda row: zlib.compress(row.tobytes(), level), data))
+        blobs = self.parallel_map(lambda row: zlib.compress(row.tobytes(), level), data)
         out: list[Buffer] = []
         for page, blob in zip(idx.tolist(), blobs):
             out.append(self.enc.special_page(block, "f_compress", page,
@@ -527,8 +523,6 @@ class SourceMigration:
             self.total_time = now - self.start_time
         if self.stop_time is not None:
             self.downtime = now - self.stop_time
-        if self._compress_pool is not None:
-            self._compress_pool.shutdown(wait=False)
 
     # ------------------------------------------------------------ errors
     def stream_error(self, message: str, now: float, *, in_completion: bool = False) -> bool:
@@ -612,3 +606,7 @@ class SourceMigration:
                 if self.shut:
                     raise ReturnPathError(self.w.error("rp_sibling_error", self.shut))
         return messages
+
+
+def _serial_map(fn: Callable, items: Any) -> list:
+    return [fn(item) for item in items]

@@ -107,6 +107,15 @@ class Channel:
         except (BlockingIOError, InterruptedError):
             return 0
 
+    def shutdown_write(self) -> None:
+        """End of file for the peer; reading goes on (a multifd channel's
+        "all my pages are sent")."""
+        if self.sock is not None:
+            try:
+                self.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
     def shutdown(self) -> None:
         """Unblock every reader and writer (QEMU's qemu_file_shutdown)."""
         if self.sock is not None:

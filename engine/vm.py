@@ -42,10 +42,12 @@ from livemig.engine.destination import DestinationMigration
 from livemig.engine.guest import (
     Guest, MiB, RUN_INMIGRATE, RUN_PAUSED, RUN_RUNNING,
 )
+from livemig.engine.destination_driver import DestinationDriver
 from livemig.engine.postcopy import PostcopyDestination, PostcopySource, postcopy_statuses
-from livemig.engine.postcopy_driver import PostcopyDestinationDriver, PostcopySourceDriver
 from livemig.engine.rows import SOURCE_ROWS, statuses, unimplemented_capabilities
+from livemig.engine.runner import SocketTransport
 from livemig.engine.source import SourceMigration
+from livemig.engine.source_driver import SourceDriver
 from livemig.engine.threads import report_only, spawn
 from livemig.engine.transport import Listener, Uri, UriError, parse_uri
 from livemig.errors import CapabilityError, CommandError, MigrationError, ParameterError
@@ -56,29 +58,6 @@ Event = dict[str, Any]
 
 class CommandNotFound(MigrationError):
     qmp_class = "CommandNotFound"
-
-
-class SocketTransport:
-    """Where a VM's migrations run: real listeners, and the drivers' threads
-    on real sockets.  The deterministic tests pass another transport (same
-    methods; see ``livemig.conformance.fakelink``) so the same commands and
-    sessions run over an in-memory link that the test steps by hand."""
-
-    #: how long a postcopy vCPU waits for a missing page (None: until it arrives)
-    fault_timeout: Optional[float] = None
-
-    def listen(self, uri: Uri) -> Listener:
-        """Bind for an incoming migration; OSError when the address is taken."""
-        return Listener(uri)
-
-    def source_driver(self, session: PostcopySource, uri: Uri) -> PostcopySourceDriver:
-        return PostcopySourceDriver(session, uri)
-
-    def destination_driver(self, session: PostcopyDestination, listener: Listener, *,
-                           multifd_channels: int, on_done: Callable[[bool], None],
-                           on_run: Callable[[], None]) -> PostcopyDestinationDriver:
-        return PostcopyDestinationDriver(session, listener, multifd_channels=multifd_channels,
-                                         on_done=on_done, on_run=on_run)
 
 
 def _timestamp() -> dict[str, int]:
@@ -113,9 +92,9 @@ class VM:
                            vcpu_thread=vcpu_thread)
         self.guest.on_run_state = self._run_state_changed
         self.source: Optional[SourceMigration] = None
-        self._src_driver: Optional[PostcopySourceDriver] = None
+        self._src_driver: Optional[SourceDriver] = None
         self.incoming: Optional[DestinationMigration] = None
-        self._dst_driver: Optional[PostcopyDestinationDriver] = None
+        self._dst_driver: Optional[DestinationDriver] = None
         self._listener: Optional[Listener] = None
         self._incoming_started = False
         self._inmigrate_cli = incoming is not None
@@ -252,7 +231,7 @@ class VM:
             except UriError:
                 self.src_cell.fire(SOURCE_ROWS["bad_uri"])
                 raise CommandError(self.profile.qapi_error("bad_uri")) from None
-            driver = self.transport.source_driver(session, parsed)
+            driver = SourceDriver(session, parsed, self.transport.runner())
             self._src_driver = driver
             driver.start()
             return {}
@@ -283,9 +262,9 @@ class VM:
             session.listening()
             channels = int(self.params.get("multifd-channels", 2)) if self.caps.get(
                 "multifd") else 0
-            driver = self.transport.destination_driver(
-                session, listener, multifd_channels=channels, on_done=self._incoming_done,
-                on_run=self._postcopy_run)
+            driver = DestinationDriver(session, listener, self.transport.runner(),
+                                       multifd_channels=channels, on_done=self._incoming_done,
+                                       on_run=self._postcopy_run)
             self._dst_driver = driver
             driver.start()
             return {}
@@ -293,10 +272,10 @@ class VM:
     def _postcopy_run(self) -> None:
         """POSTCOPY_RUN: the vCPU runs here now, faulting on missing pages."""
         session = self.incoming
-        assert isinstance(session, PostcopyDestination)
+        driver = self._dst_driver
+        assert isinstance(session, PostcopyDestination) and driver is not None
         name = self.guest.ram.name
-        timeout = self.transport.fault_timeout
-        self.guest.fault_hook = lambda a, b: session.fault(name, a, b, timeout)
+        self.guest.fault_hook = lambda a, b: driver.fault(name, a, b)
         if session.autostart and self._autostart:
             self.guest.vm_start()
         else:
@@ -329,7 +308,7 @@ class VM:
         (postcopy-paused -> postcopy-recover) cannot slip in between (QEMU's
         main loop serialises the two)."""
         session = self.incoming
-        recover_lock = (session.recover_lock if isinstance(session, PostcopyDestination)
+        recover_lock = (self._dst_driver.recover_lock if self._dst_driver is not None
                         else contextlib.nullcontext())
         with self._lock, recover_lock:
             args = {"uri": uri}

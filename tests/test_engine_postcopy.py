@@ -161,7 +161,7 @@ class PostcopyLink:
         for i in range(max_steps):
             while faults and faults[0][0] <= i:
                 _, a, b = faults.pop(0)
-                d.fault("pc.ram", a, b, timeout=0)
+                d.fault("pc.ram", a, b)
                 self.rp()
             step = s.poll_postcopy(time.monotonic())
             if isinstance(step, PostcopyDone):
@@ -321,7 +321,7 @@ def test_pending_requests_are_resent_after_resume(link):
     lk.pause_both()
     # the vCPU faults while paused: the request waits for the new channel
     last = lk.dg.ram.npages
-    assert not d.fault("pc.ram", last - 4, last, timeout=0)
+    assert not d.fault("pc.ram", last - 4, last)
     assert d.data_to_send() == b""
     d.recover_listening()
     d.recover_accepted()
@@ -552,7 +552,10 @@ def test_random_breaks_faults_and_failed_resumes(cuts, faults, connect_failures)
 
 def test_faulting_reader_never_sees_a_partial_page(link):
     """A thread standing in for the vCPU faults on pages while the link places
-    them; every page it is let through to equals the source's page whole."""
+    them; every page it is let through to equals the source's page whole.
+    The test is the runner here: the reader asks with request_pages (under
+    the lock the session is given as ``exclusive``), the link sends the
+    requests, and the reader waits on the placement notification."""
     import threading
     lk = link(ram=8 << 20)
     lk.precopy_then_switch()
@@ -562,10 +565,23 @@ def test_faulting_reader_never_sees_a_partial_page(link):
     rng = np.random.default_rng(7)
     order = rng.permutation(missing)[:200]
     bad: list[int] = []
+    lock = threading.RLock()
+    placed = threading.Condition(lock)
+    requests: list[bytes] = []
+    d.exclusive = lock
+
+    def notify():
+        with placed:
+            placed.notify_all()
+
+    d.on_pages_placed = notify
 
     def reader():
         for p in order.tolist():
-            assert d.fault("pc.ram", p, p + 1, timeout=30)
+            with lock:
+                requests.append(d.request_pages("pc.ram", p, p + 1))
+            with placed:
+                assert placed.wait_for(lambda: d.present("pc.ram", p, p + 1), 30)
             if not np.array_equal(lk.dg.ram.pages[p], src_pages[p]):
                 bad.append(p)
 
@@ -573,12 +589,16 @@ def test_faulting_reader_never_sees_a_partial_page(link):
     t.start()
     # the link: serve requests as they come, background pages in between
     while t.is_alive():
-        lk.rp()
+        with lock:
+            asked, requests[:] = b"".join(requests), []
+        if asked:
+            lk.src.receive_rp(asked)
         step = lk.src.poll_postcopy(time.monotonic())
         if isinstance(step, Send):
             lk.push(step.buffers)
         else:
-            time.sleep(0.001)
+            with placed:
+                placed.wait(0.01)
     t.join()
     assert not bad
     assert d.latency.to_json()["count"] > 0
