@@ -68,8 +68,8 @@ class DestinationMigration:
         self.error_desc: Optional[str] = None
         self.multifd: list[MultifdDecoder] = []
         self.on_section_eos: Optional[Callable[[], None]] = None
-        #: set by a driver with multifd channels: blocks until every channel
-        #: reached EOF with its pages applied; raises StreamError otherwise
+        #: set by a driver with multifd channels: raises StreamError when a
+        #: channel failed (the driver has waited for every channel's EOF)
         self.before_finish: Optional[Callable[[], None]] = None
 
     # ------------------------------------------------------------ lifecycle
