@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Optional
@@ -49,6 +50,7 @@ class Pipe:
 
     def __init__(self) -> None:
         self.data = bytearray()
+        self.digest = hashlib.sha256()  # of every byte written (replay checks)
         self.eof = False  # the writer shut its side: EOF once drained
         self.reader_gone = False  # writes fail with EPIPE
         self.reset = False  # the connection broke: both ends fail now
@@ -76,6 +78,7 @@ class FakeChannel:
         for b in buffers:
             view = memoryview(b).cast("B")
             self.out.data += view
+            self.out.digest.update(view)
             n += view.nbytes
         return n
 
@@ -293,6 +296,7 @@ class Task:
             self.on_crash(text)
             return True
         self.op, self.since, self.result = op, self.link.clock.now, None
+        self.link.trace.append(f"{self.name} {type(op).__name__}")
         if self.link.eager(op):
             self.complete(lambda: self.link.complete(self))
         return True
@@ -323,6 +327,8 @@ class FakeLink:
     read_chunk: int = 1 << 19
     #: texts of programs that ended by an exception nobody expected
     crashes: list[str] = field(default_factory=list)
+    #: every step: the task and the operation it then waits on (replay checks)
+    trace: list[str] = field(default_factory=list)
 
     def spawn(self, name: str, owner: str, program: Program,
               on_crash: Callable[[str], None]) -> Task:
@@ -432,6 +438,14 @@ class FakeLink:
         """End of a test: every task stops where it is."""
         for owner in {t.owner for t in self.tasks}:
             self.kill(owner)
+
+    def fingerprint(self) -> str:
+        """One digest of a run: the schedule and every byte every channel
+        carried, in order (two runs of one test must give the same)."""
+        h = hashlib.sha256("\n".join(self.trace).encode())
+        for chan in self.network.channels:
+            h.update(chan.out.digest.digest())
+        return h.hexdigest()
 
     def transport(self, owner: str) -> "FakeTransport":
         return FakeTransport(self, owner)
