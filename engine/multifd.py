@@ -35,42 +35,42 @@ channel as ZERO records.
 """
 from __future__ import annotations
 
-import struct
 from typing import Optional
 
 import numpy as np
 
 from livemig.engine.guest import RAMBlock
+from livemig.engine.layouts import layouts
 from livemig.engine.wire import wire_tables
 from livemig.errors import StreamError
 from livemig.spec.schema import Profile
 
 FLAG_SYNC = 1
-_HDR = struct.Struct(">IIQB")
 
 
 def hello(profile: Profile, channel: int) -> bytes:
     w = wire_tables(profile)
-    return struct.pack(">IIB", w.multifd_magic, w.multifd_version, channel)
+    return layouts(profile)["MULTIFD_HELLO"].pack(w.multifd_magic, w.multifd_version, channel)
 
 
-def sync_packet(number: int) -> bytes:
-    return _HDR.pack(FLAG_SYNC, 0, number, 0)
+def sync_packet(profile: Profile, number: int) -> bytes:
+    return layouts(profile)["MULTIFD_PACKET_HEADER"].pack(FLAG_SYNC, 0, number, 0)
 
 
 PACKET_PAGES = 128  # pages per packet: the receiver's working set stays in cache
 
 
-def page_packet(block: RAMBlock, idx: np.ndarray, data: np.ndarray, number: int,
-                page_size: int) -> list:
+def page_packet(profile: Profile, block: RAMBlock, idx: np.ndarray, data: np.ndarray,
+                number: int, page_size: int) -> list:
     """Buffers of packets carrying ``idx`` (pages of ``block``) with ``data``."""
+    pack_header = layouts(profile)["MULTIFD_PACKET_HEADER"].pack
     name = block.name.encode()
     offsets = (idx.astype(np.uint64) * np.uint64(page_size)).astype(">u8")
     data = np.ascontiguousarray(data)
     out: list = []
     for a in range(0, len(idx), PACKET_PAGES):
         b = min(a + PACKET_PAGES, len(idx))
-        out += [_HDR.pack(0, b - a, number, len(name)) + name, offsets[a:b], data[a:b]]
+        out += [pack_header(0, b - a, number, len(name)) + name, offsets[a:b], data[a:b]]
     return out
 
 
@@ -79,6 +79,9 @@ class MultifdDecoder:
 
     def __init__(self, profile: Profile, blocks: dict[str, RAMBlock]) -> None:
         self.w = wire_tables(profile)
+        L = layouts(profile)
+        self._hello = L["MULTIFD_HELLO"]
+        self._hdr = L["MULTIFD_PACKET_HEADER"].struct
         self.blocks = blocks
         self.page_size = self.w.page_size
         self._buf = np.empty(2 << 20, dtype=np.uint8)
@@ -132,22 +135,22 @@ class MultifdDecoder:
         pos = self._start
         end = self._end
         if self.channel is None:
-            if end - pos < 9:
+            if end - pos < self._hello.size:
                 return
-            magic, version, ch = struct.unpack_from(">IIB", buf, pos)
+            (magic, version, ch), pos = self._hello.unpack_from(buf, pos, end)
             if magic != self.w.multifd_magic or version != self.w.multifd_version:
                 raise StreamError(self.w.error("not_a_stream"))
             self.channel = ch
-            pos += 9
-        while end - pos >= _HDR.size:
-            flags, npages, _number, idlen = _HDR.unpack_from(buf, pos)
+        hdr = self._hdr
+        while end - pos >= hdr.size:
+            flags, npages, _number, idlen = hdr.unpack_from(buf, pos)
             if npages > self.w.max_multifd_pages:  # bound what we buffer
                 raise StreamError(self.w.error("multifd_too_many_pages", npages,
                                                self.w.max_multifd_pages))
-            need = _HDR.size + idlen + npages * (8 + self.page_size)
+            need = hdr.size + idlen + npages * (8 + self.page_size)
             if end - pos < need:
                 break
-            p = pos + _HDR.size
+            p = pos + hdr.size
             if npages:
                 name = buf[p:p + idlen].tobytes().decode(errors="replace")
                 block = self.blocks.get(name)

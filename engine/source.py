@@ -324,7 +324,7 @@ class SourceMigration:
         self._pass_changed = False
         out = []
         for ch in range(1, self.multifd_channels + 1):
-            out.append((ch, [mfd.sync_packet(self._multifd_packet)]))
+            out.append((ch, [mfd.sync_packet(self.profile, self._multifd_packet)]))
             self._multifd_packet += 1
         return out
 
@@ -399,8 +399,8 @@ class SourceMigration:
         if self.multifd_channels:
             self._multifd_next = self._multifd_next % self.multifd_channels + 1
             extra.append((self._multifd_next,
-                          mfd.page_packet(block, norm_idx, norm_data, self._multifd_packet,
-                                          self.page_size)))
+                          mfd.page_packet(self.profile, block, norm_idx, norm_data,
+                                          self._multifd_packet, self.page_size)))
             self._multifd_packet += 1
             return out, extra
         out += self.enc.normal_pages(block, norm_idx, norm_data)
