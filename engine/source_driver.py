@@ -411,7 +411,11 @@ class SourceDriver:
                 if not data:
                     if s.shut is None and current():
                         self.rp_error = self.rp_error or "return path closed"
-                        chan.shutdown()
+                        if s.postcopy_ram:
+                            # a postcopy migration pauses on it at once; a
+                            # precopy one goes on and fails at the end (QEMU's
+                            # mark_source_rp_bad leaves the stream alone)
+                            chan.shutdown()
                     return
                 with self.lock:
                     s.receive_rp(data)
