@@ -29,11 +29,13 @@ import traceback
 from typing import Callable
 
 CrashHandler = Callable[[str], None]
+#: how every crash text starts (tests look for it: a crash is a bug)
+CRASH_PREFIX = "internal error in "
 
 
 def crash_text(thread_name: str, exc: BaseException) -> str:
     """The error-desc of a thread ended by an exception it did not expect."""
-    return f"internal error in {thread_name}: {type(exc).__name__}: {exc}"
+    return f"{CRASH_PREFIX}{thread_name}: {type(exc).__name__}: {exc}"
 
 
 def guarded(name: str, body: Callable[[], None], on_crash: CrashHandler) -> Callable[[], None]:
@@ -70,5 +72,5 @@ def report_only(name: str) -> CrashHandler:
     return handler
 
 
-__all__ = ["CrashHandler", "crash_text", "guarded", "spawn", "report_only"]
+__all__ = ["CRASH_PREFIX", "CrashHandler", "crash_text", "guarded", "spawn", "report_only"]
 
