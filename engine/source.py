@@ -44,7 +44,6 @@ after the first pass) or zlib COMPRESS_PAGE records (``compress``, on
 """
 from __future__ import annotations
 
-import struct
 import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional
@@ -52,6 +51,7 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 
 from livemig.core.cell import StatusCell
+from livemig.core.params import param
 from livemig.engine import multifd as mfd
 from livemig.engine.guest import Guest, RAMBlock
 from livemig.engine.returnpath import ReturnPathDecoder, RPMessage
@@ -67,6 +67,13 @@ from livemig.spec.schema import Profile
 BUFFER_DELAY = 0.1  # seconds: QEMU's rate-limit and bandwidth window
 MAX_CHUNK_PAGES = 2048
 MACHINE = "livemig-pc"
+#: auto-converge in QEMU 3.0 has no throttle-trigger-threshold parameter:
+#: ram.c throttles when the period's dirty bytes exceed half the bytes sent
+#: (``bytes_dirty_period > bytes_xfer_period / 2``), i.e. a threshold of 50
+_QEMU30_THROTTLE_TRIGGER = 50
+#: nor a max-cpu-throttle parameter: the throttle is capped by the
+#: constant CPU_THROTTLE_PCT_MAX, 99
+_QEMU30_MAX_CPU_THROTTLE = 99
 
 
 @dataclass
@@ -160,18 +167,37 @@ class SourceMigration:
         self.stop_time: Optional[float] = None
         # features
         self.xbzrle: Optional[XbzrleCache] = (
-            XbzrleCache(int(params.get("xbzrle-cache-size", 64 << 20)), self.page_size)
+            XbzrleCache(int(self._param("xbzrle-cache-size")), self.page_size)
             if caps.get("xbzrle") else None)
         #: how compressed pages are made: one by one here; a driver on real
         #: threads gives a map over compress-threads workers (zlib releases
         #: the GIL), see runner.ThreadRunner.parallel_map
         self.parallel_map: Callable[[Callable, Any], list] = _serial_map
-        self.multifd_channels = (int(params.get("multifd-channels", 2))
+        self.multifd_channels = (int(self._multifd_channels_param())
                                  if caps.get("multifd") else 0)
         self._multifd_next = 0
         self._multifd_packet = 0
         self._pass_changed = False
         self.on_status: Optional[Callable[[str], None]] = None
+
+    # ------------------------------------------------------------ parameters
+    def _param(self, name: str) -> Any:
+        """The parameter ``name``, or the spec's default."""
+        return param(self.profile, self.params, name)
+
+    def _declared(self, name: str) -> bool:
+        return any(p.name == name for p in self.profile.parameters)
+
+    def _param_or(self, name: str, fixed: Any) -> Any:
+        """A parameter that older profiles (qemu-3.0) do not declare: there
+        QEMU's behaviour is the constant ``fixed`` (see its definition)."""
+        return self._param(name) if self._declared(name) else fixed
+
+    def _multifd_channels_param(self) -> Any:
+        """multifd-channels; QEMU 3.0 names it x-multifd-channels (experimental)."""
+        if self._declared("multifd-channels"):
+            return self._param("multifd-channels")
+        return self._param("x-multifd-channels")
 
     # ------------------------------------------------------------ lifecycle
     def begin(self, now: float) -> None:
@@ -188,8 +214,7 @@ class SourceMigration:
                              enc.configuration(self.machine, uuid=self._sent_uuid())]
         if self.return_path:
             out.append(enc.command("OPEN_RETURN_PATH"))
-            out.append(enc.command("PING", struct.pack(">I",
-                                                      self.w.ping_after_open_return_path)))
+            out.append(enc.layouts.cmd["PING"].pack(self.w.ping_after_open_return_path))
         blocks = list(self.guest.blocks.values())
         # Every page starts dirty; the log restarts now (global dirty log start).
         for bm in self.bitmaps.values():
@@ -237,14 +262,14 @@ class SourceMigration:
         if not self.caps.get("auto-converge") or self.passes_done < 1:
             return
         dirty_bytes = self._sync_period_dirty * self.page_size
-        trigger = self._sync_period_xfer * int(self.params.get("throttle-trigger-threshold", 50))
+        trigger = self._sync_period_xfer * int(self._param_or("throttle-trigger-threshold", _QEMU30_THROTTLE_TRIGGER))
         if dirty_bytes * 100 > trigger:
             self._dirty_high += 1
             if self._dirty_high >= 2:
                 self._dirty_high = 0
-                initial = int(self.params.get("cpu-throttle-initial", 20))
-                inc = int(self.params.get("cpu-throttle-increment", 10))
-                top = int(self.params.get("max-cpu-throttle", 99))
+                initial = int(self._param("cpu-throttle-initial"))
+                inc = int(self._param("cpu-throttle-increment"))
+                top = int(self._param_or("max-cpu-throttle", _QEMU30_MAX_CPU_THROTTLE))
                 self.throttle = initial if self.throttle == 0 else min(self.throttle + inc, top)
                 self.guest.throttle = self.throttle
 
@@ -341,7 +366,7 @@ class SourceMigration:
         self._sync_period_xfer += total
 
     def _window_limit(self) -> Optional[int]:
-        bw = int(self.params.get("max-bandwidth", 0))
+        bw = int(self._param("max-bandwidth"))
         if bw <= 0 or bw >= (1 << 62):
             return None
         return max(1, int(bw * BUFFER_DELAY))
@@ -351,7 +376,7 @@ class SourceMigration:
         if elapsed < BUFFER_DELAY:
             return
         self.bandwidth = self._window_bytes / elapsed if elapsed > 0 else 0.0
-        downtime_ms = int(self.params.get("downtime-limit", 300))
+        downtime_ms = int(self._param("downtime-limit"))
         self.threshold = self.bandwidth * downtime_ms / 1000.0
         pending = self.remaining_bytes()
         if self.bandwidth > 0:
@@ -441,7 +466,7 @@ class SourceMigration:
                 continue
             if not encoded:
                 continue  # unchanged since last sent
-            payload = bytes([self.w.encoding_xbzrle]) + struct.pack(">H", len(encoded)) + encoded
+            payload = self.enc.xbzrle_payload(encoded)
             out.append(self.enc.special_page(block, "f_xbzrle", page, payload))
             cache.pages += 1
             cache.bytes += len(payload)
@@ -456,12 +481,12 @@ class SourceMigration:
 
     def _compress_pages(self, block: RAMBlock, idx: np.ndarray,
                         data: np.ndarray) -> list[Buffer]:
-        level = int(self.params.get("compress-level", 1))
+        level = int(self._param("compress-level"))
         blobs = self.parallel_map(lambda row: zlib.compress(row.tobytes(), level), data)
         out: list[Buffer] = []
         for page, blob in zip(idx.tolist(), blobs):
             out.append(self.enc.special_page(block, "f_compress", page,
-                                             struct.pack(">I", len(blob)) + blob))
+                                             self.enc.compressed_payload(blob)))
             self.stats.compressed_size += len(blob)
         self.stats.compressed_pages += len(blobs)
         return out
@@ -506,9 +531,9 @@ class SourceMigration:
         yield Send([enc.section_part(self._ram_sid, end=True), enc.eos(),
                     enc.footer(self._ram_sid),
                     enc.section_start(self._sid_global, GLOBALSTATE_SECTION, 0, 1, full=True),
-                    struct.pack(">I", len(runstate)), runstate, enc.footer(self._sid_global),
+                    enc.globalstate_body(runstate), enc.footer(self._sid_global),
                     enc.section_start(self._sid_device, DEVICE_SECTION, 0, 1, full=True),
-                    struct.pack(">I", len(device)), device, enc.footer(self._sid_device),
+                    enc.device_body(device), enc.footer(self._sid_device),
                     enc.eof()], extra=extra)
 
     def completed(self, now: float) -> bool:
