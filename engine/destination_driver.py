@@ -38,6 +38,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
+from livemig.engine.layouts import layouts
 from livemig.engine.multifd import MultifdDecoder, SyncPoints
 from livemig.engine.postcopy import PostcopyDestination
 from livemig.engine.runner import (
@@ -54,11 +55,13 @@ MULTIFD_DONE_TIMEOUT = 60.0  # seconds channels get to reach EOF after the main 
 SYNC_TIMEOUT = 120.0  # seconds a channel waits for the others at a SYNC
 
 
-def classify_channel(w: Any, head: bytes) -> str:
-    """Which channel an accepted connection is, from its first bytes:
-    ``"multifd"`` (MULTIFD_MAGIC) or ``"main"`` (anything else; the stream
-    decoder refuses what is not a stream)."""
-    if len(head) >= 4 and int.from_bytes(head[:4], "big") == w.multifd_magic:
+def classify_channel(profile: Any, head: bytes) -> str:
+    """Which channel an accepted connection is, from its first bytes
+    (CHANNEL_MAGIC): ``"multifd"`` (MULTIFD_MAGIC) or ``"main"`` (anything
+    else; the stream decoder refuses what is not a stream)."""
+    magic = layouts(profile)["CHANNEL_MAGIC"]
+    if len(head) >= magic.size and \
+            magic.unpack_from(head, 0)[0][0] == wire_tables(profile).multifd_magic:
         return "multifd"
     return "main"
 
@@ -269,7 +272,7 @@ class DestinationDriver:
                 self.session.accepted()
                 return chan  # fd/file: a single channel
             head = yield Peek(chan, 4)
-            if classify_channel(w, head) == "multifd" and self.multifd_channels:
+            if classify_channel(self.session.profile, head) == "multifd" and self.multifd_channels:
                 self._start_multifd(chan)
             else:
                 main = chan

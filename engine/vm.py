@@ -37,7 +37,7 @@ from livemig.core.caps import check_capabilities, default_capabilities, default_
 from livemig.core.cell import Attempt, StatusCell, TransitionLog
 from livemig.core.commands import check_arguments, check_command
 from livemig.core.guards import GuardEnv
-from livemig.core.params import check_parameters
+from livemig.core.params import check_parameters, param
 from livemig.engine.destination import DestinationMigration
 from livemig.engine.guest import (
     Guest, MiB, RUN_INMIGRATE, RUN_PAUSED, RUN_RUNNING,
@@ -260,7 +260,7 @@ class VM:
             self.incoming = session
             self._listener = listener
             session.listening()
-            channels = int(self.params.get("multifd-channels", 2)) if self.caps.get(
+            channels = int(param(self.profile, self.params, "multifd-channels")) if self.caps.get(
                 "multifd") else 0
             driver = DestinationDriver(session, listener, self.transport.runner(),
                                        multifd_channels=channels, on_done=self._incoming_done,
