@@ -73,10 +73,12 @@ from typing import Any, Callable, ContextManager, Optional
 import numpy as np
 
 from livemig.core.cell import PostcopyCell, StatusCell
+from livemig.core.params import param
 from livemig.engine.destination import DestinationMigration
 from livemig.engine.guest import Guest, RAMBlock
 from livemig.engine.rows import POSTCOPY_DESTINATION_ROWS, POSTCOPY_SOURCE_ROWS
-from livemig.engine.returnpath import ReturnPathDecoder, RPMessage, encode_rp, encode_u32
+from livemig.engine.layouts import layouts
+from livemig.engine.returnpath import ReturnPathDecoder, RPMessage, encode_u32
 from livemig.engine.source import BUFFER_DELAY, Send, SourceMigration, Wait
 from livemig.engine.stream import (
     DEVICE_SECTION, GLOBALSTATE_SECTION, CommandReceived, DeviceState, EndOfStream, Event,
@@ -290,8 +292,7 @@ class PostcopySource(SourceMigration):
         summary = 0
         for b in self.guest.blocks.values():
             summary |= b.page_size
-        return self.enc.command("POSTCOPY_ADVISE",
-                                struct.pack(">QQ", summary, self.page_size))
+        return self.enc.layouts.cmd["POSTCOPY_ADVISE"].pack(summary, self.page_size)
 
     # ------------------------------------------------------------ switching
     def poll(self, now: float):  # type: ignore[override]
@@ -327,22 +328,23 @@ class PostcopySource(SourceMigration):
             self.on_pass(self.stats.dirty_sync_count)
         enc, w = self.enc, self.w
         c = self.profile.wire.const
-        out: list = [enc.command("PING", struct.pack(">I", c("PING_BEFORE_PACKAGE")))]
+        cmd = enc.layouts.cmd
+        out: list = [cmd["PING"].pack(c("PING_BEFORE_PACKAGE"))]
         out += self.discard_commands()
         runstate = self.guest.run_state_before_stop.encode()
         device = self.guest.save_device_state()
         blob = b"".join([
             enc.command("POSTCOPY_LISTEN"),
             enc.section_start(self._sid_global, GLOBALSTATE_SECTION, 0, 1, full=True),
-            struct.pack(">I", len(runstate)), runstate, enc.footer(self._sid_global),
+            enc.globalstate_body(runstate), enc.footer(self._sid_global),
             enc.section_start(self._sid_device, DEVICE_SECTION, 0, 1, full=True),
-            struct.pack(">I", len(device)), device, enc.footer(self._sid_device),
-            enc.command("PING", struct.pack(">I", c("PING_IN_PACKAGE"))),
+            enc.device_body(device), enc.footer(self._sid_device),
+            cmd["PING"].pack(c("PING_IN_PACKAGE")),
             enc.command("POSTCOPY_RUN"),
         ])
-        out.append(enc.command("PACKAGED", struct.pack(">I", len(blob))))
+        out.append(cmd["PACKAGED"].pack(len(blob)))
         out.append(blob)
-        out.append(enc.command("PING", struct.pack(">I", c("PING_AFTER_PACKAGE"))))
+        out.append(cmd["PING"].pack(c("PING_AFTER_PACKAGE")))
         self._pass = []
         self._pass_pos = 0
         self._start_postcopy_pass()
@@ -354,16 +356,14 @@ class PostcopySource(SourceMigration):
         c = self.profile.wire.const
         per = c("MAX_DISCARDS_PER_COMMAND")
         version = c("POSTCOPY_RAM_DISCARD_VERSION")
+        discard = self.enc.layouts.cmd["POSTCOPY_RAM_DISCARD"].pack
         out: list[bytes] = []
         for name, bm in self.bitmaps.items():
             runs = _runs(bm)
             raw = name.encode()
             for i in range(0, len(runs), per):
-                body = b"".join(struct.pack(">QQ", a * self.page_size, n * self.page_size)
-                                for a, n in runs[i:i + per])
-                out.append(self.enc.command(
-                    "POSTCOPY_RAM_DISCARD",
-                    bytes([version, len(raw)]) + raw + b"\0" + body))
+                out.append(discard(version, raw, [(a * self.page_size, n * self.page_size)
+                                                  for a, n in runs[i:i + per]]))
         return out
 
     def _start_postcopy_pass(self) -> None:
@@ -429,7 +429,7 @@ class PostcopySource(SourceMigration):
     def _postcopy_rate_wait(self, now: float) -> Optional[Wait]:
         """max-postcopy-bandwidth (0 = unlimited) on background pages; a
         requested page is never held back."""
-        bw = int(self.params.get("max-postcopy-bandwidth", 0) or 0)
+        bw = int(param(self.profile, self.params, "max-postcopy-bandwidth") or 0)
         if bw <= 0:
             return None
         if now - self._pc_window_start >= BUFFER_DELAY:
@@ -922,9 +922,9 @@ class PostcopyDestination(DestinationMigration):
             raise StreamError(w.error("rp_recv_bitmap_not_recovering"))
         bitmap = encode_received_bitmap(self.received[name])
         raw = name.encode()
-        self._rp_out += (encode_rp(self.profile, "RECV_BITMAP", bytes([len(raw)]) + raw)
-                         + struct.pack(">Q", len(bitmap)) + bitmap
-                         + struct.pack(">Q", w.recv_bitmap_ending))
+        L = layouts(self.profile)
+        self._rp_out += (L.rp["RECV_BITMAP"].pack(raw)
+                         + L["RECV_BITMAP_TRAILER"].pack(bitmap, w.recv_bitmap_ending))
 
     # ------------------------------------------------------------ faults
     def present(self, block_name: str, first: int, last: int) -> bool:
