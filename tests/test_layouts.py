@@ -240,7 +240,7 @@ def test_unimplemented_capabilities_are_spec_data():
 # ------------------------------------------------------------------ drift
 #: engine modules that still write struct formats: being converted to the
 #: compiled layouts (issue 13); remove a file from here once it is
-NOT_YET_CONVERTED = {"postcopy.py", "multifd.py", "source.py", "driver.py"}
+NOT_YET_CONVERTED = {"postcopy.py"}
 _STRUCT_FORMAT = re.compile(r"^[<>!=@][0-9xcbB?hHiIlLqQnNefdspP]+$")
 
 
