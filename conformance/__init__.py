@@ -13,6 +13,10 @@
   recording (:func:`load_recording`); :class:`ProcessVM` is one ``livemig vm``
   process as the stateful runs see it; :func:`replay_on_engine` walks a
   prover counterexample on the engine;
+* the engine's own thread programs on an in-memory network
+  (:class:`FakeLink`), faults for them on real threads (:class:`FaultPlan`,
+  :class:`FaultyTransport`), and the spec-generated state machines
+  (:func:`build_machine`);
 * the ground truth recorded from QEMU 7.2: :func:`generate_ground_truth`,
   :func:`read_cases`, :data:`GROUND_TRUTH_FILES`, and the comparisons with
   livemig's checkers (:func:`compare_caps`, :func:`compare_params`,
@@ -69,8 +73,12 @@ _EXPORTS: dict[str, str] = {
     "compare_caps": "checker_compare",
     "compare_params": "checker_compare",
     "compare_command": "checker_compare",
-    # The fake link and the stateful machines (fakelink.py, stateful.py) are
-    # being reworked (issue 13); their public names join this table then.
+    # the engine's programs on a fake network, faults on real threads, and
+    # the spec-generated state machines
+    "FakeLink": "fakelink",
+    "FaultPlan": "faultrunner",
+    "FaultyTransport": "faultrunner",
+    "build_machine": "stateful",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -82,6 +90,8 @@ if TYPE_CHECKING:  # what type checkers and editors see; never run
     from livemig.conformance.checker_compare import compare_caps, compare_command, compare_params
     from livemig.conformance.ground_truth_files import FILES as GROUND_TRUTH_FILES
     from livemig.conformance.ground_truth_files import generate as generate_ground_truth
+    from livemig.conformance.fakelink import FakeLink
+    from livemig.conformance.faultrunner import FaultPlan, FaultyTransport
     from livemig.conformance.ground_truth_files import read_cases
     from livemig.conformance.monitor import MonitorResult, monitor
     from livemig.conformance.processvm import ProcessVM
@@ -89,6 +99,7 @@ if TYPE_CHECKING:  # what type checkers and editors see; never run
     from livemig.conformance.qmpsession import QMPSession
     from livemig.conformance.replay import replay_on_engine
     from livemig.conformance.runtime import CrossSideChecker, RuntimeChecker
+    from livemig.conformance.stateful import build_machine
     from livemig.conformance.scenarios import (
         LivemigLauncher, QemuLauncher, ScenarioResult, load_recording, run_scenario,
     )

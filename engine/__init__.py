@@ -11,6 +11,9 @@
   :func:`connect`, :class:`Listener`, :class:`Channel`;
 * the VM and its guest: :class:`VM` (what ``livemig vm`` runs, driven by QMP
   commands), :class:`Guest`, :class:`RAMBlock`, :func:`check_guest_ram`;
+* the drivers: :class:`SourceDriver` / :class:`DestinationDriver` (the
+  engine's thread programs, written once) and :class:`ThreadRunner` /
+  :class:`SocketTransport` (real threads and sockets);
 * QMP: :class:`QMPServer` (the endpoint QEMU's client drives),
   :class:`SyncQMPClient` (the one synchronous client) and :class:`QMPProcess`.
 
@@ -61,10 +64,12 @@ _EXPORTS: dict[str, str] = {
     "QMPCommandError": "qmpclient",
     "QMPTimeout": "qmpclient",
     "QMPProcess": "qmpprocess",
-    # The drivers (the runners that put the sessions on real sockets and
-    # threads: engine/driver.py, engine/postcopy_driver.py) are being rewritten
-    # (issue 13); their public names join this table when that lands, e.g.
-    #   "SourceDriver": "driver",
+    # the drivers: thread programs written once, and the runner that puts
+    # them on real threads and sockets
+    "SourceDriver": "source_driver",
+    "DestinationDriver": "destination_driver",
+    "ThreadRunner": "runner",
+    "SocketTransport": "runner",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -74,6 +79,7 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # what type checkers and editors see; never run
     from livemig.engine.destination import DestinationMigration
+    from livemig.engine.destination_driver import DestinationDriver
     from livemig.engine.guest import Guest, RAMBlock, check_guest_ram
     from livemig.engine.multifd import MultifdDecoder
     from livemig.engine.postcopy import PostcopyDestination, PostcopySource, PostcopyStreamDecoder
@@ -81,7 +87,9 @@ if TYPE_CHECKING:  # what type checkers and editors see; never run
     from livemig.engine.qmpclient import QMPClientError, QMPCommandError, QMPTimeout, SyncQMPClient
     from livemig.engine.qmpprocess import QMPProcess
     from livemig.engine.returnpath import ReturnPathDecoder, encode_rp
+    from livemig.engine.runner import SocketTransport, ThreadRunner
     from livemig.engine.source import SourceMigration
+    from livemig.engine.source_driver import SourceDriver
     from livemig.engine.stream import StreamDecoder, StreamEncoder
     from livemig.engine.transport import Channel, Listener, Uri, UriError, connect, parse_uri
     from livemig.engine.vm import VM

@@ -65,7 +65,6 @@ Destination:
 from __future__ import annotations
 
 import contextlib
-import struct
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, ContextManager, Optional
@@ -214,37 +213,41 @@ class PostcopyRPDecoder(ReturnPathDecoder):
         #: source from its RAM blocks): a peer's be64 size is checked against
         #: it before anything is buffered
         self.bitmap_sizes: dict[str, int] = {}
+        lay = layouts(profile)
+        self._trailer = lay["RECV_BITMAP_TRAILER"]
+        self._header = lay["RP_HEADER"].struct
 
     def feed(self, data: bytes) -> list[Any]:  # type: ignore[override]
         self._pending += data
         out: list[Any] = []
+        trailer = self._trailer
+        header = self._header
         while True:
             if self._bitmap_for is not None:
-                if len(self._pending) < 8:
+                if len(self._pending) < trailer.prefix.size:
                     break
-                size = struct.unpack_from(">Q", self._pending)[0]
+                (size,) = trailer.prefix.unpack_from(self._pending)
                 expected = self.bitmap_sizes.get(self._bitmap_for)
                 if expected is None:
                     raise ReturnPathError(self.w.error("rp_unknown_block", self._bitmap_for))
                 if size != expected:
                     raise ReturnPathError(self.w.error("rp_bitmap_size_mismatch",
                                                        self._bitmap_for, size, expected))
-                if len(self._pending) < 16 + size:
+                if len(self._pending) < trailer.min_size + size:
                     break
-                raw = bytes(self._pending[8:8 + size])
-                mark = struct.unpack_from(">Q", self._pending, 8 + size)[0]
-                del self._pending[:16 + size]
-                out.append(ReceivedBitmap(self._bitmap_for, size, raw, mark))
+                (raw, mark), end = trailer.unpack_from(self._pending, 0, len(self._pending))
+                del self._pending[:end]
+                out.append(ReceivedBitmap(self._bitmap_for, size, bytes(raw), mark))
                 self._bitmap_for = None
                 continue
-            if len(self._pending) < 4:
+            if len(self._pending) < header.size:
                 break
-            mtype, length = struct.unpack_from(">HH", self._pending, 0)
+            mtype, length = header.unpack_from(self._pending, 0)
             self.check_header(mtype, length)  # refuse a bad header at once
-            if len(self._pending) < 4 + length:
+            if len(self._pending) < header.size + length:
                 break  # wait for the whole message: a bitmap may follow it
-            chunk = bytes(self._pending[:4 + length])
-            del self._pending[:4 + length]
+            chunk = bytes(self._pending[:header.size + length])
+            del self._pending[:header.size + length]
             for m in super().feed(chunk):
                 out.append(m)
                 if m.name == "RECV_BITMAP":
@@ -692,10 +695,10 @@ class PageRequests:
     gives (none when one thread does everything, as in the unit tests)."""
 
     def __init__(self, profile: Profile, blocks: dict[str, RAMBlock], page_size: int) -> None:
-        rp = wire_tables(profile).rp
+        rp = layouts(profile).rp
         self.page_size = page_size
-        self._rp_req_pages_id = rp["REQ_PAGES_ID"].value
-        self._rp_req_pages = rp["REQ_PAGES"].value
+        self._req_pages_id = rp["REQ_PAGES_ID"].pack  # (start, length, block)
+        self._req_pages = rp["REQ_PAGES"].pack  # (start, length)
         self.asked = {name: np.zeros(b.npages, dtype=bool) for name, b in blocks.items()}
         self.times: dict[str, dict[int, float]] = {name: {} for name in blocks}
         self.last_block: Optional[str] = None
@@ -751,10 +754,8 @@ class PageRequests:
         ps = self.page_size
         if name != self.last_block:
             self.last_block = name
-            raw = name.encode()
-            return struct.pack(">HHQIB", self._rp_req_pages_id, 13 + len(raw), first * ps,
-                               count * ps, len(raw)) + raw
-        return struct.pack(">HHQI", self._rp_req_pages, 12, first * ps, count * ps)
+            return self._req_pages_id(first * ps, count * ps, name.encode())
+        return self._req_pages(first * ps, count * ps)
 
 
 class PostcopyDestination(DestinationMigration):
@@ -838,11 +839,11 @@ class PostcopyDestination(DestinationMigration):
             if postcopy_ram:
                 raise StreamError(w.error("advise_zero_with_postcopy"))
             return
-        if len(payload) != 16:
+        if len(payload) != self._layouts["CMD_POSTCOPY_ADVISE"].size:
             raise StreamError(w.error("advise_bad_length", len(payload)))
         if not postcopy_ram:
             raise StreamError(w.error("advise_16_without_postcopy"))
-        summary, target = struct.unpack(">QQ", payload)
+        summary, target = self._layouts.cmd["POSTCOPY_ADVISE"].unpack(payload)
         local = 0
         for b in self.guest.blocks.values():
             local |= b.page_size
@@ -897,7 +898,7 @@ class PostcopyDestination(DestinationMigration):
 
     def _cmd_packaged(self, payload: bytes) -> None:
         # The blob follows in the stream: the decoder reads it in line.
-        self.package_remaining = struct.unpack(">I", payload)[0]
+        (self.package_remaining,) = self._layouts.cmd["PACKAGED"].unpack(payload)
 
     def _cmd_postcopy_resume(self, payload: bytes) -> None:
         if self.cell.state != self.pst.recover:
