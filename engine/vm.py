@@ -25,6 +25,7 @@ incoming ``setup`` row), MIGRATION_PASS (``events``), STOP and RESUME.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import queue
 import sys
@@ -178,6 +179,7 @@ class VM:
         "migrate-recover": "migrate_recover",
         "x-livemig-check-memory": "check_memory",
         "x-livemig-set-workload": "set_workload",
+        "x-livemig-query-ram": "query_ram",
     }
 
     def execute(self, name: str, args: Optional[dict] = None) -> Any:
@@ -432,6 +434,16 @@ class VM:
         r = self.guest.check()
         return {"ok": r.ok, "bad": r.bad, "edges": r.edges, "first-byte": r.first_byte,
                 "messages": r.messages}
+
+    def query_ram(self) -> list[dict]:
+        """livemig extension: every RAM block, its used length and the sha256
+        of its content now (to compare with a peer's RAM after a migration;
+        QEMU's side is hashed from its memory-backend-file)."""
+        out = []
+        for name, block in self.guest.blocks.items():
+            out.append({"id": name, "length": block.used_length,
+                        "sha256": hashlib.sha256(block.bytes[:block.used_length]).hexdigest()})
+        return out
 
     def set_workload(self, rate: float, batch: Optional[int] = None) -> dict:
         """livemig extension: the vCPU's dirtying rate in pages per second and,

@@ -10,6 +10,8 @@ cancelling alone; multifd and background-snapshot rows; PostcopyState RUN
 reads then sets; postcopy-ram with compress is accepted; 21 capabilities;
 the parameter texts say "a value between".
 """
+import dataclasses
+
 from livemig.spec.expr import (
     AnyOf, All, Arg, Cap, Flag, Host, InState, Not, Param, Runstate, WasCap,
 )
@@ -20,6 +22,7 @@ from livemig.spec.schema import (
     Unreachable,
 )
 from livemig.spec.profiles.qemu_3_0 import COMMANDS as _COMMANDS_3_0, typed
+from livemig.spec.profiles.wire import WIRE as _WIRE_3_0
 
 #: the migration thread is not asleep in postcopy_pause() (qemu_3_0.postcopy_pause_waiting)
 _THREAD_AWAKE = Not(Flag("postcopy_pause_waiting"))
@@ -476,3 +479,14 @@ MIGRATION_INFO = Patch(
         InfoField("compression", _IN_PROGRESS + ("completed",), cap="compress"),
     ),
 )
+
+
+#: The wire as 3.0's, but for texts 7.2 words differently: a RAM block whose
+#: size in the stream differs from the local one (qemu_ram_resize on a block
+#: that cannot resize; facts §11: "Size mismatch: pc.ram: 0x4000000 !=
+#: 0x8000000: Invalid argument", where 3.0 said "Length mismatch: ... in != ...").
+_WIRE_7_2_TEXTS = {
+    "ram_length_mismatch": "Size mismatch: %s: 0x%x != 0x%x: Invalid argument",
+}
+WIRE = dataclasses.replace(_WIRE_3_0, errors=tuple(
+    (key, _WIRE_7_2_TEXTS.get(key, text)) for key, text in _WIRE_3_0.errors))
