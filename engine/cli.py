@@ -59,7 +59,7 @@ def _migration_opts(p: argparse.ArgumentParser) -> None:
 
 
 def add_parser(subparsers: Any) -> None:
-    """Register ``vm``, ``incoming`` and ``migrate``."""
+    """Register ``vm``, ``incoming``, ``migrate`` and ``stream inspect``."""
     p = subparsers.add_parser("vm", help="a livemig VM process serving QMP on a unix socket")
     p.add_argument("--qmp", required=True, metavar="unix:PATH", help="QMP socket")
     p.add_argument("--incoming", default=None, metavar="URI|defer",
@@ -83,6 +83,9 @@ def add_parser(subparsers: Any) -> None:
     _common(p)
     _migration_opts(p)
     p.set_defaults(func=cmd_migrate)
+
+    from livemig.engine.inspect import add_parser as add_stream_parser
+    add_stream_parser(subparsers)  # stream inspect
 
 
 def _open_log(path: Optional[str]):
