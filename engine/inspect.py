@@ -741,11 +741,11 @@ def print_summary(r: dict) -> None:
         extra = ""
         if s.get("vmdesc_size") is not None:
             extra = "  vmdesc " + ("ok" if s.get("vmdesc_match") else f"{s['vmdesc_size']}!")
-        out(f"  0x{s['offset']:06x} {s['kind']:<5} id {s['id']:<3} {s['idstr']} "
+        out(f"  0x{s['offset']:06x} {s['kind'].ljust(5)} id {str(s['id']).ljust(3)} {s['idstr']} "
             f"{s['instance']}/{s['version']}: {s['body_bytes']} bytes{extra}")
     out(f"ram: {r['ram']['pages']} pages, {r['ram']['zero']} zero pages")
     for b in r["ram"]["blocks"]:
-        out(f"  {b['id']:<24} 0x{b['length']:x}  pages {b['pages']} zero {b['zero']}  "
+        out(f"  {b['id'].ljust(24)} 0x{b['length']:x}  pages {b['pages']} zero {b['zero']}  "
             f"sha256 {b['sha256']}")
     out(f"commands: {len(r['commands'])}")
     for cmd in r["commands"]:
