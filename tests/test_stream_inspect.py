@@ -278,3 +278,15 @@ def test_garbage_never_raises_real(qemu_stream, data):
     if data.draw(st.booleans()):
         raw = raw[:data.draw(st.integers(0, len(raw)))]
     _check(bytes(raw))
+
+
+def test_start_twice_and_short_package():
+    start = ENC.section_start(2, "ram", 0, 4) + ENC.eos() + ENC.footer(2)
+    r = inspect_bytes(HEAD + start + start + ENC.eof())
+    assert (r["ok"], r["error_offset"]) == (False, len(HEAD) + len(start))
+    assert "started twice" in r["error"]
+    at = len(HEAD) + len(L.cmd["POSTCOPY_ADVISE"].pack(4096, 4096))
+    data = HEAD + L.cmd["POSTCOPY_ADVISE"].pack(4096, 4096) + L.cmd["PACKAGED"].pack(100)
+    r = inspect_bytes(data + L.cmd["POSTCOPY_LISTEN"].pack())
+    assert (r["ok"], r["error_offset"]) == (False, at)
+    assert r["error"].startswith("Input/output error")
