@@ -56,9 +56,6 @@ from livemig.engine.stream import CONFIG_CAPS, CONFIG_PAGE_BITS, CONFIG_UUID, RA
 from livemig.engine.wire import wire_tables
 from livemig.errors import MigrationError
 
-#: The vmdesc header (QEMU_VM_VMDESCRIPTION + be32 length) has the shape of a
-#: PART header (u8 + be32); the spec declares no layout of its own for it.
-VMDESC_HEADER = "SECTION_PART"
 #: blocks longer than this are not hashed (a garbage MEM_SIZE could declare TiB)
 DEFAULT_HASH_LIMIT = 64 << 30
 #: deepest vmdesc struct nesting followed
@@ -505,10 +502,8 @@ class _Pass:
             self.warnings.append(f"Expected vmdescription section, but got {self.data[pos]}")
             return
         at = pos
-        (_k, length), pos = self._read(VMDESC_HEADER, pos, end)
-        if length > min(end - pos, w.max_section_body):
-            raise _Fail(at, f"vmdesc of {length} bytes, {end - pos} available")
-        raw = self.data[pos:pos + length]
+        (_k, raw), pos = self._read("VMDESCRIPTION", pos, end)  # bounded by the spec
+        length = len(raw)
         try:
             desc = json.loads(raw)
         except (ValueError, RecursionError) as exc:

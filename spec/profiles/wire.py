@@ -53,6 +53,12 @@ LAYOUTS = (
     Layout("SECTION_PART", (
         F("section", "u8", "QEMU_VM_SECTION_PART or _END"), F("section_id", "be32"),
     )),
+    # after QEMU_VM_EOF: the device description dumping tools read (QEMU's
+    # destination reads and skips it)
+    Layout("VMDESCRIPTION", (
+        F("section", "u8", "QEMU_VM_VMDESCRIPTION"),
+        F("json", "str32", "the vmdesc JSON", max="LIVEMIG_MAX_SECTION_BODY"),
+    )),
     Layout("SECTION_FOOTER", (F("section", "u8", "QEMU_VM_SECTION_FOOTER"),
                               F("section_id", "be32"))),
     Layout("CONFIGURATION", (
