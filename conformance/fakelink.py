@@ -56,17 +56,17 @@ class Pipe:
         self.reset = False  # the connection broke: both ends fail now
 
 
+@dataclass(eq=False)
 class FakeChannel:
-    """One end of a connection, with the real Channel's methods."""
+    """One end of a connection, with the real Channel's methods: it writes
+    ``out`` and reads ``inp``."""
 
-    def __init__(self, out: Pipe, inp: Pipe, *, bidirectional: bool = True,
-                 owner: str = "") -> None:
-        self.out = out
-        self.inp = inp
-        self.bidirectional = bidirectional
-        self.owner = owner
-        self.shut = False
-        self.closed = False
+    out: Pipe
+    inp: Pipe
+    bidirectional: bool = True
+    owner: str = ""
+    shut: bool = False  # shut down here: reads see EOF, writes fail
+    closed: bool = False
 
     # -- writing
     def send_buffers(self, buffers: Iterable) -> int:

@@ -608,8 +608,36 @@ def trace_target(P: Profile) -> Target:
     return t
 
 
+def qemu_stream_target(P: Profile) -> Target:
+    from livemig.engine.stream import StreamDecoder
+
+    machine = next(m.name for m in P.machines if m.qemu)
+    blocks = canary_blocks()
+    t = Target("qemu-stream",
+               f"StreamDecoder with a QEMU machine type ({machine}): the source's block list "
+               "taken (blocks this side lacks created, within the spec's bound), QEMU's "
+               "globalstate, other devices' FULL sections split at their footer",
+               (MigrationError,), blocks=blocks, dictionary=_wire_dictionary(P),
+               meter=Meter(stream_bound(P)))
+
+    def run(data: bytes) -> None:
+        # a fresh dict per input: a created block must not outlive its input
+        dec = StreamDecoder(P, dict(blocks), machine=machine, buffer_size=256 << 10)
+        for piece in chunks(data, input_rng(data)):
+            dec.feed(piece)
+            t.meter.see(dec.pending_bytes, "StreamDecoder")
+            if dec.finished:
+                return
+        probe(dec.feed, lambda: dec.pending_bytes, t.meter,
+              lambda: dec.finished or dec.error is not None, t.expected, "StreamDecoder")
+
+    t.run = run
+    return t
+
+
 FACTORIES: dict[str, Callable[[Profile], Target]] = {
     "precopy-stream": precopy_target,
+    "qemu-stream": qemu_stream_target,
     "compressed-page": compressed_target,
     "xbzrle-page": xbzrle_target,
     "postcopy-stream": postcopy_target,

@@ -28,7 +28,8 @@ from livemig.errors import MigrationError
 def _vm_kwargs(args: argparse.Namespace) -> dict:
     return dict(ram_size=parse_size(args.ram),
                 fill="zero" if args.mem_path else args.fill, workload_rate=args.workload,
-                profile=args.profile, uuid=getattr(args, "uuid", None), mem_path=args.mem_path)
+                profile=args.profile, uuid=getattr(args, "uuid", None), mem_path=args.mem_path,
+                machine=args.machine)
 
 
 def _common(p: argparse.ArgumentParser, *, fill: bool = True) -> None:
@@ -44,6 +45,11 @@ def _common(p: argparse.ArgumentParser, *, fill: bool = True) -> None:
     p.add_argument("--uuid", default=None, help="the VM's UUID (validate-uuid)")
     p.add_argument("--log", default=None, metavar="PATH",
                    help="write the NDJSON transition log here")
+    p.add_argument("--machine", default=None, metavar="NAME",
+                   help="machine type the stream names (default: livemig's own, livemig-pc); "
+                        "a QEMU type such as pc-i440fx-7.2 makes livemig send and accept what "
+                        "QEMU 7.2 does: RAM and QEMU's globalstate, the RAM blocks the source "
+                        "declares, QEMU's device sections kept opaque")
     p.add_argument("--mem-path", default=None, metavar="FILE",
                    help="back pc.ram with this file (shared mapping, like QEMU's "
                         "memory-backend-file share=on); its content is the RAM")

@@ -48,13 +48,16 @@ class DestinationMigration:
     """One incoming migration into ``guest`` (see the module docstring)."""
 
     def __init__(self, profile: Profile, guest: Guest, cell: StatusCell, *,
-                 caps: dict[str, bool], machine: str = MACHINE, uuid: Optional[bytes] = None,
+                 caps: dict[str, bool], machine: Optional[str] = None,
+                 uuid: Optional[bytes] = None,
                  pristine: bool = True) -> None:
         self.profile = profile
         self.guest = guest
         self.cell = cell
         self.caps = dict(caps)
         self._layouts = layouts(profile)
+        if machine is None:
+            machine = MACHINE
         self.decoder = StreamDecoder(profile, guest.blocks, machine=machine, uuid=uuid,
                                      caps=caps)
         if not pristine:

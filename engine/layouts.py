@@ -53,6 +53,7 @@ from livemig.spec.schema import FIELD_SIZES, PREFIX_SIZES, Layout, Profile, Wire
 
 #: struct codes of the fixed kinds and of the length prefixes
 _CODES = {"u8": "B", "be16": "H", "be32": "I", "be64": "Q", "nul": "B", "uuid": "16s",
+          "bytes100": "100s",
           "str8": "B", "str16": "H", "str32": "I", "str64": "Q"}
 
 

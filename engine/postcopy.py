@@ -80,7 +80,7 @@ from livemig.engine.layouts import layouts
 from livemig.engine.returnpath import ReturnPathDecoder, RPMessage, encode_u32
 from livemig.engine.source import BUFFER_DELAY, Send, SourceMigration, Wait
 from livemig.engine.stream import (
-    DEVICE_SECTION, GLOBALSTATE_SECTION, CommandReceived, DeviceState, EndOfStream, Event,
+    CommandReceived, DeviceState, EndOfStream, Event,
     StreamDecoder, _S_TOP,
 )
 from livemig.engine.wire import wire_tables
@@ -334,14 +334,7 @@ class PostcopySource(SourceMigration):
         cmd = enc.layouts.cmd
         out: list = [cmd["PING"].pack(c("PING_BEFORE_PACKAGE"))]
         out += self.discard_commands()
-        runstate = self.guest.run_state_before_stop.encode()
-        device = self.guest.save_device_state()
-        blob = b"".join([
-            enc.command("POSTCOPY_LISTEN"),
-            enc.section_start(self._sid_global, GLOBALSTATE_SECTION, 0, 1, full=True),
-            enc.globalstate_body(runstate), enc.footer(self._sid_global),
-            enc.section_start(self._sid_device, DEVICE_SECTION, 0, 1, full=True),
-            enc.device_body(device), enc.footer(self._sid_device),
+        blob = b"".join([enc.command("POSTCOPY_LISTEN")] + self.state_sections() + [
             cmd["PING"].pack(c("PING_IN_PACKAGE")),
             enc.command("POSTCOPY_RUN"),
         ])
@@ -461,7 +454,7 @@ class PostcopySource(SourceMigration):
         self.release_sent()
         enc = self.enc
         return [enc.section_part(self._ram_sid, end=True), enc.eos(),
-                enc.footer(self._ram_sid), enc.eof()]
+                enc.footer(self._ram_sid)] + self.stream_end()
 
     def completed(self, now: float) -> bool:
         ok = self.cell.fire(SROW["completed"])
@@ -778,6 +771,7 @@ class PostcopyDestination(DestinationMigration):
         self._ps_running = handler("run").new
         self.received = {name: np.zeros(b.npages, dtype=bool) for name, b in guest.blocks.items()}
         self.requests = PageRequests(profile, guest.blocks, self.decoder.page_size)
+        self.decoder.on_new_block = self._new_block
         #: held around every use of :attr:`requests` (see PageRequests)
         self.exclusive: ContextManager = contextlib.nullcontext()
         #: called after pages are placed (the driver wakes waiting vCPUs)
@@ -792,6 +786,12 @@ class PostcopyDestination(DestinationMigration):
         self.package_remaining: Optional[int] = None
         self.closed = False
         self.warning: Optional[str] = None
+
+    def _new_block(self, block: RAMBlock) -> None:
+        """A block the source declared and this side lacked (a QEMU machine)."""
+        self.received[block.name] = np.zeros(block.npages, dtype=bool)
+        self.requests.asked[block.name] = np.zeros(block.npages, dtype=bool)
+        self.requests.times[block.name] = {}
 
     @property
     def postcopy_requests(self) -> int:
@@ -1015,6 +1015,7 @@ class PostcopyDestination(DestinationMigration):
         dec.placing = True
         dec.on_placed = self._on_placed
         dec.on_command = self._command_now
+        dec.on_new_block = self._new_block
         dec.counters = old.counters
         assert dec._state == _S_TOP
         self.decoder = dec

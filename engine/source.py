@@ -62,11 +62,13 @@ from livemig.engine.stream import (
 )
 from livemig.engine.xbzrle import XbzrleCache, encode as xbzrle_encode
 from livemig.errors import ReturnPathError
+from livemig.spec import DEFAULT_PROFILE, load_profile
 from livemig.spec.schema import Profile
 
 BUFFER_DELAY = 0.1  # seconds: QEMU's rate-limit and bandwidth window
 MAX_CHUNK_PAGES = 2048
-MACHINE = "livemig-pc"
+#: livemig's own machine type: the first of every profile's MACHINES
+MACHINE = load_profile(DEFAULT_PROFILE).machine().name
 #: auto-converge in QEMU 3.0 has no throttle-trigger-threshold parameter:
 #: ram.c throttles when the period's dirty bytes exceed half the bytes sent
 #: (``bytes_dirty_period > bytes_xfer_period / 2``), i.e. a threshold of 50
@@ -118,7 +120,8 @@ class SourceMigration:
     """One outgoing migration of ``guest`` (see the module docstring)."""
 
     def __init__(self, profile: Profile, guest: Guest, cell: StatusCell, *,
-                 caps: dict[str, bool], params: dict[str, Any], machine: str = MACHINE,
+                 caps: dict[str, bool], params: dict[str, Any],
+                 machine: Optional[str] = None,
                  uuid: Optional[bytes] = None,
                  on_pass: Optional[Callable[[int], None]] = None) -> None:
         self.profile = profile
@@ -126,7 +129,9 @@ class SourceMigration:
         self.cell = cell
         self.caps = dict(caps)
         self.params = dict(params)
-        self.machine = machine
+        #: the machine type the configuration names, and the sections it carries
+        self.machine_type = profile.machine(machine)
+        self.machine = self.machine_type.name
         self.uuid = uuid
         self.on_pass = on_pass
         self.st = statuses(profile)
@@ -144,9 +149,9 @@ class SourceMigration:
         self._pass: list[tuple[RAMBlock, np.ndarray]] = []
         self._pass_pos = 0
         self.passes_done = 0
-        self._ram_sid = 0
-        self._sid_global = 1
-        self._sid_device = 2
+        self._ram_sid = self.machine_type.ram_section_id
+        self._sid_global = self.machine_type.globalstate_section_id
+        self._sid_device = self.machine_type.device_section_id
         # timing
         self.start_time: Optional[float] = None
         self.setup_time: Optional[float] = None
@@ -526,15 +531,36 @@ class SourceMigration:
                 self.enc.eos(), self.enc.footer(self._ram_sid)], extra=extra + more)
         extra: list[tuple[int, list[Buffer]]] = []
         enc = self.enc
-        runstate = self.guest.run_state_before_stop.encode()
-        device = self.guest.save_device_state()
         yield Send([enc.section_part(self._ram_sid, end=True), enc.eos(),
-                    enc.footer(self._ram_sid),
-                    enc.section_start(self._sid_global, GLOBALSTATE_SECTION, 0, 1, full=True),
-                    enc.globalstate_body(runstate), enc.footer(self._sid_global),
-                    enc.section_start(self._sid_device, DEVICE_SECTION, 0, 1, full=True),
-                    enc.device_body(device), enc.footer(self._sid_device),
-                    enc.eof()], extra=extra)
+                    enc.footer(self._ram_sid)] + self.state_sections() + self.stream_end(),
+                   extra=extra)
+
+    def stream_end(self) -> list[bytes]:
+        """EOF, and for a QEMU machine type the vmdesc QEMU sends after it
+        (a QEMU destination waits for its first byte)."""
+        out = [self.enc.eof()]
+        if self.machine_type.qemu:
+            out.append(self.enc.vmdesc([(GLOBALSTATE_SECTION,
+                                         self.machine_type.globalstate_layout)]))
+        return out
+
+    def state_sections(self) -> list[bytes]:
+        """The globalstate section (the machine type's layout) and, for
+        livemig's own machine, the device section (the vCPU's state)."""
+        enc = self.enc
+        runstate = self.guest.run_state_before_stop.encode()
+        layout = self.machine_type.globalstate_layout
+        if layout == "QEMU_GLOBALSTATE_BODY":  # be32 size + NUL-padded buffer
+            body = enc.layouts[layout].pack(len(runstate) + 1, runstate)
+        else:
+            body = enc.globalstate_body(runstate)
+        out = [enc.section_start(self._sid_global, GLOBALSTATE_SECTION, 0, 1, full=True),
+               body, enc.footer(self._sid_global)]
+        if self._sid_device is not None:
+            out += [enc.section_start(self._sid_device, DEVICE_SECTION, 0, 1, full=True),
+                    enc.device_body(self.guest.save_device_state()),
+                    enc.footer(self._sid_device)]
+        return out
 
     def completed(self, now: float) -> bool:
         """Everything is sent (and the return path closed): -> completed."""

@@ -75,8 +75,11 @@ class VM:
                  uuid: Optional[str] = None, log: Optional[IO[str]] = None,
                  exit_on_error: bool = False, mem_path: Optional[str] = None,
                  extra_blocks: Optional[dict[str, int]] = None, seed: int = 0,
-                 transport: Optional[SocketTransport] = None, vcpu_thread: bool = True) -> None:
+                 transport: Optional[SocketTransport] = None, vcpu_thread: bool = True,
+                 machine: Optional[str] = None) -> None:
         self.profile = load_profile(profile)
+        #: the machine type this VM's streams name (a SpecError for an unknown one)
+        self.machine = self.profile.machine(machine).name
         self.transport = transport if transport is not None else SocketTransport()
         self.st = statuses(self.profile)
         self.log = TransitionLog(stream=log)
@@ -88,7 +91,7 @@ class VM:
         self.exit_on_error = exit_on_error
         self.guest = Guest(ram_size, fill="zero" if incoming else fill,
                            workload_rate=workload_rate, mem_path=mem_path,
-                           extra_blocks=extra_blocks, seed=seed,
+                           extra_blocks=self._blocks_for_machine(extra_blocks), seed=seed,
                            populate=incoming is not None or mem_path is not None,
                            vcpu_thread=vcpu_thread)
         self.guest.on_run_state = self._run_state_changed
@@ -158,6 +161,13 @@ class VM:
         if self.caps.get("events"):
             self._emit("MIGRATION_PASS", {"pass": count})
 
+    def _blocks_for_machine(self, extra: Optional[dict[str, int]]) -> Optional[dict[str, int]]:
+        """A QEMU machine type's guest has only pc.ram (a QEMU destination
+        refuses a block it does not have); livemig's own keeps its extra one."""
+        if extra is None and self.profile.machine(self.machine).qemu:
+            return {}
+        return extra
+
     def _run_state_changed(self, old: str, new: str) -> None:
         if new == RUN_RUNNING:
             self._emit("RESUME")
@@ -225,7 +235,7 @@ class VM:
                 return {}
             session = PostcopySource(self.profile, self.guest, self.src_cell,
                                      caps=self.caps, params=self.params, uuid=self.uuid,
-                                     on_pass=self._pass_event)
+                                     on_pass=self._pass_event, machine=self.machine)
             session.begin(time.monotonic())
             self.source = session
             try:
@@ -258,7 +268,7 @@ class VM:
                 raise CommandError(f"Failed to bind socket: {exc.strerror}") from None
             self._incoming_started = True
             session = PostcopyDestination(self.profile, self.guest, self.dst_cell,
-                                          caps=self.caps, uuid=self.uuid)
+                                          caps=self.caps, uuid=self.uuid, machine=self.machine)
             self.incoming = session
             self._listener = listener
             session.listening()

@@ -186,9 +186,31 @@ def check_profile(profile: Profile) -> list[str]:
         if item.name not in profile.capability_names():
             problems.append(f"ENGINE_UNIMPLEMENTED {item.name}: unknown capability")
     problems += _layout_problems(profile)
+    problems += _machine_problems(profile)
     for table_name, table in (("MIG_CMD", profile.wire.commands),
                               ("MIG_RP_MSG", profile.wire.return_path)):
         values = [m.value for m in table]
         if values != list(range(len(values))):
             problems.append(f"{table_name} values must be 0..n in order")
+    return problems
+
+
+def _machine_problems(profile: Profile) -> list[str]:
+    """MACHINES: livemig's own first; section ids distinct; a QEMU machine's
+    RAM section id not 0 (QEMU resolves id 0 to a device never loaded) and no
+    livemig device section; every globalstate layout declared."""
+    problems: list[str] = []
+    if not profile.machines or profile.machines[0].qemu:
+        problems.append("MACHINES must start with livemig's own (non-QEMU) machine type")
+    layouts = {layout.name for layout in profile.wire.layouts}
+    for m in profile.machines:
+        ids = [m.ram_section_id, m.globalstate_section_id] + (
+            [m.device_section_id] if m.device_section_id is not None else [])
+        if len(set(ids)) != len(ids):
+            problems.append(f"MACHINES {m.name}: section ids {ids} are not distinct")
+        if m.qemu and (m.ram_section_id == 0 or m.device_section_id is not None):
+            problems.append(f"MACHINES {m.name}: a QEMU machine needs a RAM section id other "
+                            f"than 0 and no livemig device section")
+        if m.globalstate_layout not in layouts:
+            problems.append(f"MACHINES {m.name}: unknown layout {m.globalstate_layout!r}")
     return problems

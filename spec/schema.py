@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
+from livemig.errors import SpecError
 from livemig.spec.expr import TRUE, Expr
 
 Side = Literal["source", "destination"]
@@ -167,6 +168,30 @@ class Capability:
     since: str
     doc: str = ""
     unstable: bool = False
+
+
+@dataclass(frozen=True)
+class MachineType:
+    """A machine type, as a stream's configuration section names it, and the
+    sections its streams carry (issue 12: a QEMU machine type makes livemig
+    send and accept exactly what QEMU 7.2 sends and accepts).
+
+    ``qemu``: a QEMU machine type -- no livemig-private section, QEMU's
+    globalstate body, the RAM block list the source declares is taken (the
+    destination creates the blocks it lacks), and the FULL sections of
+    devices livemig does not model are kept opaque, split at their section
+    footer (their bodies carry no length; the vmdesc after EOF describes
+    them).  Section ids are the ones this machine's source uses; a QEMU
+    destination resolves PART/END by the id its START carried, and resolves
+    id 0 to a device that was never loaded, so the RAM section's is not 0."""
+
+    name: str
+    doc: str
+    qemu: bool
+    ram_section_id: int
+    globalstate_section_id: int
+    globalstate_layout: str  # the layout of the globalstate section's body
+    device_section_id: Optional[int] = None  # livemig's device section (None: not sent)
 
 
 @dataclass(frozen=True)
@@ -344,10 +369,11 @@ class WireConst:
 #: must be 0; ``uuid`` 16 raw bytes; ``str8``/``str16``/``str32``/``str64`` bytes after a u8 / be16 /
 #: be32 / be64 length; ``rest`` the bytes up to the end of the payload;
 #: ``array`` fixed-size ``item`` records up to the end of the payload.
-FieldKind = Literal["u8", "be16", "be32", "be64", "nul", "uuid", "str8", "str16", "str32", "str64",
-                    "rest", "array"]
+FieldKind = Literal["u8", "be16", "be32", "be64", "nul", "uuid", "bytes100", "str8", "str16",
+                    "str32", "str64", "rest", "array"]
 #: bytes of each fixed-size kind, and of each length prefix
-FIELD_SIZES: dict[str, int] = {"u8": 1, "be16": 2, "be32": 4, "be64": 8, "nul": 1, "uuid": 16}
+FIELD_SIZES: dict[str, int] = {"u8": 1, "be16": 2, "be32": 4, "be64": 8, "nul": 1, "uuid": 16,
+                               "bytes100": 100}
 PREFIX_SIZES: dict[str, int] = {"str8": 1, "str16": 2, "str32": 4, "str64": 8}
 
 #: a bound: a number, or the name of a wire constant (``Wire.const``)
@@ -540,6 +566,8 @@ class Profile:
     #: capabilities the checkers accept (as QEMU does) that livemig's engine
     #: does not implement: its ``migrate`` refuses them
     engine_unimplemented: tuple[Unimplemented, ...] = ()
+    #: machine types the engine speaks; the first is livemig's own (default)
+    machines: tuple[MachineType, ...] = ()
 
     def __hash__(self) -> int:
         # Profiles key lru_caches on hot paths (a page request's return-path
@@ -592,6 +620,19 @@ class Profile:
 
     def capability_names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.capabilities)
+
+    def machine(self, name: Optional[str] = None) -> MachineType:
+        """The machine type ``name`` (None: livemig's own, the first); a
+        SpecError naming the allowed ones for another."""
+        if not self.machines:
+            raise SpecError(f"profile {self.name}: no machine types declared")
+        if name is None:
+            return self.machines[0]
+        for m in self.machines:
+            if m.name == name:
+                return m
+        raise SpecError(f"unknown machine type '{name}' for profile {self.name}; expected one "
+                        f"of {', '.join(m.name for m in self.machines)}")
 
     def parameter(self, name: str) -> Parameter:
         for p in self.parameters:

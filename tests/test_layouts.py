@@ -102,8 +102,8 @@ def _field_strategy(f):
     ints = {"u8": 8, "be16": 16, "be32": 32, "be64": 64}
     if f.kind in ints:
         return st.integers(0, (1 << ints[f.kind]) - 1)
-    if f.kind == "uuid":
-        return st.binary(min_size=16, max_size=16)
+    if f.kind in ("uuid", "bytes100"):  # fixed-size bytes
+        return st.binary(min_size=f.size, max_size=f.size)
     if f.kind == "array":
         item = st.tuples(*[_field_strategy(g) for g in f.item.fields])
         return st.lists(item, min_size=_bound(f.min, 0), max_size=min(_bound(f.max, 20), 20))
@@ -160,7 +160,7 @@ def test_frames_round_trip(side, short, data):
 def test_short_input_names_a_field(name):
     codec = L[name]
     values = [0 if f.kind in ("u8", "be16", "be32", "be64") else
-              b"\0" * 16 if f.kind == "uuid" else
+              b"\0" * f.size if f.kind in ("uuid", "bytes100") else
               [(1,) * len(f.item.fields)] * max(1, _bound(f.min, 0)) if f.kind == "array" else
               b"n" * max(1, _bound(f.min, 0))
               for f in codec.layout.fields if f.kind != "nul"]

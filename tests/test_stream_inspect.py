@@ -13,6 +13,7 @@ import sys
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from qemuproc import why_not_qemu_72
 
 from livemig.engine.inspect import Inspector, inspect_bytes
 from livemig.engine.layouts import layouts
@@ -29,19 +30,10 @@ QEMU_BLOCKS = [("ram0", 0x4000000), ("/rom@etc/acpi/tables", 0x20000), ("pc.bios
                ("/rom@etc/acpi/rsdp", 0x1000)]
 
 
-def _qemu_72() -> str:
-    if QEMU is None:
-        return "qemu-system-x86_64 is not installed"
-    out = subprocess.run([QEMU, "--version"], capture_output=True, text=True, timeout=30).stdout
-    if "version 7.2" not in out:
-        return f"qemu-system-x86_64 is not 7.2: {out.splitlines()[:1]}"
-    return ""
-
-
 @pytest.fixture(scope="module")
 def qemu_stream(tmp_path_factory):
     """A real QEMU 7.2 stream: (stream bytes, RAM file sha256, query-migrate)."""
-    why = _qemu_72()
+    why = why_not_qemu_72()
     if why:
         pytest.skip(why)
     from livemig.engine.qmpclient import SyncQMPClient

@@ -16,7 +16,7 @@ from livemig.spec.expr import (
 )
 from livemig.spec.profiles.wire import WIRE
 from livemig.spec.schema import (
-    CURRENT, Actor, ArgType, CapRule, Capability, Command, FlagDecl, Group, HostFact, InfoField,
+    CURRENT, Actor, ArgType, MachineType, CapRule, Capability, Command, FlagDecl, Group, HostFact, InfoField,
     Parameter,
     ParamRef, ParamRule, PostcopyHandler, Precondition, Status, Transition, Unimplemented,
     Unreachable,
@@ -555,4 +555,14 @@ MIGRATION_INFO = (
     InfoField("xbzrle-cache", _IN_PROGRESS + ("completed",), cap="xbzrle"),
     InfoField("cpu-throttle-percentage", _IN_PROGRESS + ("completed",), only_if="throttling"),
     InfoField("error-desc", ("failed",), only_if="error"),
+)
+
+
+#: Machine types: livemig's own first (its streams carry livemig's globalstate
+#: and device sections, RAM section id 0).
+MACHINES = (
+    MachineType("livemig-pc", "livemig's own machine: its fixed RAM blocks, livemig's "
+                "globalstate body and its device section (the vCPU's workload cursor)",
+                qemu=False, ram_section_id=0, globalstate_section_id=1,
+                globalstate_layout="GLOBALSTATE_BODY", device_section_id=2),
 )

@@ -16,7 +16,7 @@ from livemig.spec.expr import (
     AnyOf, All, Arg, Cap, Flag, Host, InState, Not, Param, Runstate, WasCap,
 )
 from livemig.spec.schema import (
-    CURRENT, Actor, AliasMapRule, CapRule, Capability, Command, FlagDecl, Group, InfoField,
+    CURRENT, Actor, AliasMapRule, MachineType, CapRule, Capability, Command, FlagDecl, Group, InfoField,
     Parameter,
     ParamRef, ParamRule, Patch, PostcopyHandler, Precondition, Status, Transition, Unimplemented,
     Unreachable,
@@ -490,3 +490,12 @@ _WIRE_7_2_TEXTS = {
 }
 WIRE = dataclasses.replace(_WIRE_3_0, errors=tuple(
     (key, _WIRE_7_2_TEXTS.get(key, text)) for key, text in _WIRE_3_0.errors))
+
+
+#: QEMU 7.2's PC machine types (facts §11): a livemig source sends only RAM
+#: (id 2, as QEMU's own) and QEMU's globalstate; a livemig destination takes
+#: the source's block list and keeps QEMU's device sections opaque.
+MACHINES = Patch(add=tuple(
+    MachineType(name, f"QEMU 7.2's {title} machine type", qemu=True, ram_section_id=2,
+                globalstate_section_id=3, globalstate_layout="QEMU_GLOBALSTATE_BODY")
+    for name, title in (("pc-i440fx-7.2", "i440FX PC"), ("pc-q35-7.2", "Q35"))))

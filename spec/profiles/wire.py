@@ -72,6 +72,12 @@ LAYOUTS = (
     Layout("CONFIG_PAGE_BITS", (F("page_bits", "be32"),)),
     Layout("CONFIG_CAPABILITIES", (F("count", "be32"),), "then count x CAPABILITY"),
     Layout("CAPABILITY", (F("name", "str8"),)),
+    # QEMU's globalstate section body (vmstate_globalstate: VMSTATE_UINT32
+    # size, VMSTATE_BUFFER runstate[100]; facts §11: 104 bytes)
+    Layout("QEMU_GLOBALSTATE_BODY", (
+        F("size", "be32", "bytes of the run state name with its NUL"),
+        F("runstate", "bytes100", "the run state name, NUL-padded"),
+    )),
     # section bodies (livemig's globalstate and device sections)
     Layout("GLOBALSTATE_BODY", (
         F("runstate", "str32", "NUL-padded run state", max="LIVEMIG_MAX_SECTION_BODY"),
@@ -176,6 +182,9 @@ WIRE = Wire(
         # livemig's bounds on lengths a peer declares (QEMU allocates what the
         # peer asks; livemig refuses before buffering anything beyond these)
         WireConst("LIVEMIG_MAX_MACHINE_NAME", 256, "bytes of the configuration's machine type"),
+        WireConst("LIVEMIG_MAX_CREATED_RAM", 16 << 30,
+                  "bytes of RAM blocks a destination creates because the source declares "
+                  "them (QEMU machine types)"),
         WireConst("LIVEMIG_MAX_SECTION_BODY", 16 << 20,
                   "bytes of a device or global-state section body"),
         WireConst("LIVEMIG_MIN_DEVICE_STATE", 8, "be64 vCPU cursor before the device blob"),
@@ -230,6 +239,10 @@ WIRE = Wire(
         ("machine_name_too_long",
          "Machine type of 0x%x bytes received, at most 0x%x are accepted"),
         ("section_too_long", "Section '%s' of 0x%x bytes received, at most 0x%x are accepted"),
+        ("ram_block_too_big", "livemig: the source declares RAM block \"%s\" of 0x%x bytes, "
+         "but at most 0x%x bytes of blocks this side lacks can be created"),
+        ("foreign_section_no_footer", "livemig: no section footer for '%s' (id %d) within "
+         "0x%x bytes: its body cannot be told from the next section"),
         ("device_state_short", "Section '%s' of %d bytes received, at least %d expected"),
         ("multifd_too_many_pages",
          "multifd packet of %u pages received, at most %u are accepted"),

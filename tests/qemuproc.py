@@ -1,0 +1,49 @@
+"""A real qemu-system-x86_64 for tests: is it there and 7.2, and one process
+with a QMP client that is always killed at the end."""
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Iterator, Sequence
+
+from livemig.engine.qmpclient import SyncQMPClient
+
+QEMU = shutil.which("qemu-system-x86_64")
+
+
+def why_not_qemu_72() -> str:
+    """Why the real-QEMU tests are skipped here, or "" when they can run."""
+    if QEMU is None:
+        return "qemu-system-x86_64 is not installed"
+    out = subprocess.run([QEMU, "--version"], capture_output=True, text=True, timeout=30).stdout
+    if "version 7.2" not in out:
+        return f"qemu-system-x86_64 is not 7.2: {out.splitlines()[:1]}"
+    return ""
+
+
+def pc_args(mem: Path, backend_id: str) -> list[str]:
+    """``-M pc -m 64`` whose RAM is ``mem`` (a shared memory-backend-file, so
+    its content can be hashed from the file), the block named ``backend_id``."""
+    return ["-M", "pc", "-m", "64", "-display", "none", "-nodefaults",
+            "-object", f"memory-backend-file,id={backend_id},size=64M,mem-path={mem},share=on",
+            "-machine", f"memory-backend={backend_id}"]
+
+
+@contextlib.contextmanager
+def qemu(workdir: Path, args: Sequence[str]) -> Iterator[tuple[subprocess.Popen, SyncQMPClient]]:
+    """QEMU with ``args`` and a QMP socket in ``workdir``; killed on exit."""
+    assert QEMU is not None
+    sock = workdir / "qemu.qmp"
+    proc = subprocess.Popen([QEMU, *args, "-qmp", f"unix:{sock},server=on,wait=off"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        with SyncQMPClient(str(sock), "qemu", connect_timeout=30, command_timeout=30,
+                           alive=lambda: proc.poll() is None) as qmp:
+            yield proc, qmp
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
