@@ -92,7 +92,7 @@ class DestinationDriver:
         self._early = bytearray()  # main-channel bytes read while accepting
         self.task: Optional[Task] = None
         session.exclusive = self.lock
-        session._clock = runner.clock  # request stamps: simulated on the fake link
+        session.clock = runner.clock  # request stamps: simulated on the fake link
         session.on_pages_placed = runner.wake
         session.on_rp_data = self._flush_rp
         session.before_finish = self._multifd_check

@@ -766,7 +766,7 @@ class PostcopyDestination(DestinationMigration):
         self.pc = PostcopyCell(profile)
         self.pst = postcopy_statuses(profile)
         #: the runner's clock (simulated on the fake link): stamps requests
-        self._clock = clock
+        self.clock = clock
         handler = profile.postcopy_handler
         self._ps_running = handler("run").new
         self.received = {name: np.zeros(b.npages, dtype=bool) for name, b in guest.blocks.items()}
@@ -942,7 +942,7 @@ class PostcopyDestination(DestinationMigration):
         if not missing.any():
             return b""
         with self.exclusive:
-            return self.requests.request(block_name, first, missing, self._clock(),
+            return self.requests.request(block_name, first, missing, self.clock(),
                                          send=self.cell.state == self.pst.active)
 
     def fault(self, block_name: str, first: int, last: int) -> bool:
@@ -956,7 +956,7 @@ class PostcopyDestination(DestinationMigration):
 
     def _on_placed(self, block: RAMBlock, idx: np.ndarray) -> None:
         with self.exclusive:
-            self.requests.placed(block.name, idx, self._clock())
+            self.requests.placed(block.name, idx, self.clock())
         if self.on_pages_placed is not None:
             self.on_pages_placed()
 
