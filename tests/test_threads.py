@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -141,6 +142,12 @@ def test_a_bug_in_a_thread_body_fails_the_migration(tmp_path, monkeypatch, threa
             assert dst.wait_for_status({ST.failed}, TIMEOUT, side="destination")
             if text:
                 assert text in (dst.incoming.error_desc or "")
+        # a multifd thread fires the failure row itself (as QEMU's does) while
+        # the migration thread restarts the vCPU: wait for it, bounded
+        deadline = time.monotonic() + TIMEOUT
+        while src.execute("query-status")["status"] != "running" and \
+                time.monotonic() < deadline:
+            time.sleep(0.01)
         assert src.execute("query-status")["status"] == "running"
     finally:
         src.close()
