@@ -532,9 +532,9 @@ class PostcopySource(SourceMigration):
         """RECV_BITMAP for every block (ram_dirty_bitmap_sync_all)."""
         self._bitmaps_wanted = set(self.guest.blocks)
         out = []
+        cmd = self.enc.layouts.cmd["RECV_BITMAP"]  # u8 length + name, nothing after it
         for name in self.guest.blocks:
-            raw = name.encode()
-            out.append(self.enc.command("RECV_BITMAP", bytes([len(raw)]) + raw + b"\0"))
+            out.append(cmd.pack(name.encode()))
         return out
 
     @property
@@ -915,7 +915,9 @@ class PostcopyDestination(DestinationMigration):
     def _cmd_recv_bitmap(self, payload: bytes) -> None:
         w = self.decoder.w
         n = payload[0] if payload else 0
-        name = payload[1:1 + n].decode(errors="replace")
+        if len(payload) != n + 1:  # QEMU's check, after reading the counted name
+            raise StreamError(w.error("cmd_recv_bitmap_length", len(payload)))
+        name = payload[1:].decode(errors="replace")
         block = self.guest.blocks.get(name)
         if block is None:
             raise StreamError(w.error("ram_unknown_block", name))
@@ -932,6 +934,10 @@ class PostcopyDestination(DestinationMigration):
         """Pages [first, last) of ``block_name`` are all placed (a vCPU may
         touch them)."""
         return bool(self.received[block_name][first:last].all())
+
+    def missing_pages(self, block_name: str, first: int, last: int) -> int:
+        """How many of pages [first, last) of ``block_name`` are not placed yet."""
+        return int((~self.received[block_name][first:last]).sum())
 
     def request_pages(self, block_name: str, first: int, last: int) -> bytes:
         """The vCPU touches pages [first, last): the return-path bytes that

@@ -190,6 +190,7 @@ class VM:
         "x-livemig-check-memory": "check_memory",
         "x-livemig-set-workload": "set_workload",
         "x-livemig-query-ram": "query_ram",
+        "x-livemig-read-ram": "read_ram",
     }
 
     def execute(self, name: str, args: Optional[dict] = None) -> Any:
@@ -455,6 +456,39 @@ class VM:
                         "sha256": hashlib.sha256(block.bytes[:block.used_length]).hexdigest()})
         return out
 
+    def read_ram(self, id: str, offset: int, length: int) -> dict:
+        """livemig extension: read ``length`` bytes of RAM block ``id`` from
+        ``offset`` as the vCPU would, and return their sha256.  On a postcopy
+        destination the pages not placed yet are requested from the source
+        and waited for first (QEMU's ``xp`` / ``pmemsave`` fault the same
+        way), so a test can fault chosen pages without the guest writing.
+        A block that does not exist or a range outside it is refused."""
+        block = self.guest.blocks.get(id)
+        fmt = self.profile.qapi_error("range")  # "Parameter '%s' expects %s"
+        if block is None:
+            raise ParameterError(fmt % ("id", f"a RAM block, one of {', '.join(self.guest.blocks)};"
+                                              f" got {id!r}"))
+        size = block.used_length
+        if not 0 <= offset < size:
+            raise ParameterError(fmt % ("offset", f"an offset in the range of 0 to {size - 1} "
+                                                  f"of block {id}, got {offset}"))
+        if not 1 <= length <= size - offset:
+            raise ParameterError(fmt % ("length", f"a length in the range of 1 to "
+                                                  f"{size - offset}, got {length}"))
+        first, last = offset // block.page_size, -(-(offset + length) // block.page_size)
+        requested = 0
+        driver, session = self._dst_driver, self.incoming
+        if (isinstance(session, PostcopyDestination) and driver is not None
+                and session.listening_started and not session.closed):
+            # from POSTCOPY_LISTEN on, the pages belong to postcopy (QEMU has
+            # registered them with userfaultfd there): a read faults
+            requested = session.missing_pages(id, first, last)
+            if not driver.fault(id, first, last):
+                raise MigrationError(f"x-livemig-read-ram: pages {first} to {last - 1} of "
+                                     f"{id} were not placed (the migration ended)")
+        data = block.bytes[offset:offset + length]
+        return {"sha256": hashlib.sha256(data).hexdigest(), "requested": requested}
+
     def set_workload(self, rate: float, batch: Optional[int] = None) -> dict:
         """livemig extension: the vCPU's dirtying rate in pages per second and,
         optionally, the pages it touches per step (1: every page is its own
@@ -609,6 +643,8 @@ def _qapi_args(profile: Any, name: str, args: dict) -> dict:
     spec: dict[str, dict[str, tuple[type, str, bool]]] = {
         "x-livemig-set-workload": {"rate": (float, "number", True),
                                    "batch": (int, "int", False)},
+        "x-livemig-read-ram": {"id": (str, "string", True), "offset": (int, "int", True),
+                               "length": (int, "int", True)},
     }.get(name, {})
     for key, (typ, tname, required) in spec.items():
         if key not in args:

@@ -8,19 +8,10 @@ import subprocess
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from livemig.conformance.qemupeer import why_not_qemu_72  # noqa: F401 (re-exported)
 from livemig.engine.qmpclient import SyncQMPClient
 
 QEMU = shutil.which("qemu-system-x86_64")
-
-
-def why_not_qemu_72() -> str:
-    """Why the real-QEMU tests are skipped here, or "" when they can run."""
-    if QEMU is None:
-        return "qemu-system-x86_64 is not installed"
-    out = subprocess.run([QEMU, "--version"], capture_output=True, text=True, timeout=30).stdout
-    if "version 7.2" not in out:
-        return f"qemu-system-x86_64 is not 7.2: {out.splitlines()[:1]}"
-    return ""
 
 
 def pc_args(mem: Path, backend_id: str) -> list[str]:

@@ -604,3 +604,28 @@ def test_faulting_reader_never_sees_a_partial_page(link):
     assert d.latency.to_json()["count"] > 0
     assert lk.postcopy_loop()
     lk.check_memory()
+
+
+def test_recv_bitmap_payload_is_qemus_counted_name(link):
+    """MIG_CMD_RECV_BITMAP is u8 length + name and nothing more: QEMU 7.2's
+    loadvm_handle_recv_bitmap refuses any other payload length (a trailing
+    NUL made a real QEMU refuse livemig's recovery, and then crash).  The
+    destination checks the same, with QEMU's text, before answering."""
+    lk = link()
+    lk.precopy_then_switch()
+    lk.pause_both()
+    s, d = lk.src, lk.dst
+    d.recover_listening()
+    s.resume_connected()
+    d.recover_accepted()
+    commands = s.resume_prepare()
+    header = 1 + 2 + 2  # QEMU_VM_COMMAND, be16 command, be16 length
+    for name, cmd in zip(s.guest.blocks, commands):
+        assert cmd[header:] == bytes([len(name)]) + name.encode()
+        assert struct.unpack(">H", cmd[3:5]) == (len(name) + 1,)
+    bad = commands[0][:3] + struct.pack(">H", len(commands[0]) - header + 1) \
+        + commands[0][header:] + b"\0"
+    with pytest.raises(StreamError, match=r"^loadvm_handle_recv_bitmap: invalid payload "
+                                          r"length \(8\)$"):
+        lk._feed(bad)
+    assert d.data_to_send() == b""  # nothing answered

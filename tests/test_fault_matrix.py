@@ -34,7 +34,7 @@ from qemu.qmp import ExecuteError
 from qemu.qmp.protocol import ConnectError
 
 sys.path.insert(0, str(Path(__file__).parent))
-from faultrelay import DEVICE_SECTION, SHUT_OK, FaultRelay  # noqa: E402
+from livemig.conformance.faultrelay import DEVICE_SECTION, SHUT_OK, FaultRelay  # noqa: E402
 from test_engine_postcopy_process import _finish, _recover, _switch  # noqa: E402
 from test_engine_process import TIMEOUT, Proc, tmp  # noqa: E402,F401
 from test_engine_session import validate_log  # noqa: E402

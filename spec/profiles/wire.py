@@ -251,6 +251,7 @@ WIRE = Wire(
         ("rp_unknown_block", "MIG_RP_MSG_REQ_PAGES has no block '%s'"),
         ("rp_request_overrun",
          "ram_save_queue_pages request overrun start=%x len=%x blocklen=%x"),
+        ("cmd_recv_bitmap_length", "loadvm_handle_recv_bitmap: invalid payload length (%d)"),
         ("rp_recv_bitmap_not_recovering", "MSG_RP_RECV_BITMAP only used for recovery"),
         ("rp_bitmap_size_mismatch", "ramblock '%s' bitmap size mismatch (0x%x != 0x%x)"),
         ("rp_bitmap_end_mark", "ramblock '%s' end mark incorrect: 0x%x"),
