@@ -97,6 +97,11 @@ class DestinationMigration:
     def feed(self, data: bytes) -> list[Event]:
         return self._handle(self.decoder.feed(data))
 
+    def input_ended(self) -> list[Event]:
+        """The main channel reached end-of-file: the stream's own end where
+        only a QEMU machine's optional vmdesc was left, else a StreamError."""
+        return self._handle(self.decoder.input_ended())
+
     def _handle(self, events: list[Event]) -> list[Event]:
         for ev in events:
             if isinstance(ev, CommandReceived):

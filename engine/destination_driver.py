@@ -234,12 +234,14 @@ class DestinationDriver:
         chan = self.chan
         chunk = RECV_CHUNK
         started = s.run_requested
-        eof_text = wire_tables(s.profile).error("stream_eof")
         while not s.finished:
             buf = s.get_buffer(chunk)[:chunk]
             got = yield RecvInto(chan, buf)
             if got == 0:
-                raise StreamError(self.mf_error or eof_text)
+                if self.mf_error:
+                    raise StreamError(self.mf_error)
+                s.input_ended()  # the end, if only the vmdesc was left; else StreamError
+                break
             if not s.in_postcopy:
                 # Top up while bytes are waiting: fewer, larger parses, but a
                 # cache-sized working set.  (Not in postcopy: a page request's

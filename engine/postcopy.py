@@ -587,6 +587,9 @@ class PostcopyStreamDecoder(StreamDecoder):
         #: follows it); gets the command and the events parsed so far
         self.on_command: Optional[Callable[[CommandReceived, list[Event]], bool]] = None
 
+    def _vmdesc_follows(self) -> bool:
+        return super()._vmdesc_follows() and not self.placing  # none after postcopy
+
     def _parse_command(self, pos: int, events: list[Event]) -> None:
         n = len(events)
         super()._parse_command(pos, events)

@@ -337,7 +337,7 @@ class _NeedMore(Exception):
     """Not enough buffered bytes for the item at the read position."""
 
 
-_S_HEADER, _S_CONFIG, _S_TOP, _S_RAM, _S_FOOTER, _S_DONE = range(6)
+_S_HEADER, _S_CONFIG, _S_TOP, _S_RAM, _S_FOOTER, _S_DONE, _S_VMDESC = range(7)
 
 
 class StreamDecoder:
@@ -366,6 +366,11 @@ class StreamDecoder:
         #: told of each block created (the session extends its per-block state)
         self.on_new_block: Optional[Callable[[RAMBlock], None]] = None
         self.foreign: list[ForeignSection] = []
+        #: (idstr, instance) of every FULL section, in stream order: what the
+        #: vmdesc after EOF must describe
+        self.full_sections: list[tuple[str, int]] = []
+        #: the vmdesc JSON a QEMU machine's source sent after EOF, parsed
+        self.vmdesc: Optional[dict] = None
         self._foreign_scan_sid: Optional[int] = None  # a foreign body being looked through
         self._foreign_scanned = 0  # ... and how far (no footer before this offset)
         self.uuid = uuid
@@ -496,9 +501,65 @@ class StreamDecoder:
     def _text(raw: bytes) -> str:
         return raw.decode(errors="replace")
 
+    def _end_of_stream(self, events: list[Event]) -> None:
+        self._state = _S_DONE
+        self.finished = True
+        events.append(EndOfStream())
+
+    def _vmdesc_follows(self) -> bool:
+        """After EOF a QEMU machine's precopy stream carries the vmdesc
+        (QEMU's should_send_vmdesc; a postcopy stream does not)."""
+        return self.machine_type is not None
+
+    def input_ended(self) -> list[Event]:
+        """The channel reached end-of-file.  Where only the vmdesc was still
+        to come the stream ends here (QEMU's loader reads a byte past EOF,
+        reports 'Expected vmdescription section' and carries on); anywhere
+        else a StreamError says the stream was cut short."""
+        if self._state == _S_VMDESC:
+            events: list[Event] = []
+            self._end_of_stream(events)
+            return events
+        raise self._fail("stream_eof")
+
+    def _parse_vmdesc(self, pos: int, events: list[Event]) -> None:
+        """QEMU_VM_VMDESCRIPTION after EOF: read it (bounded), and check that
+        it describes the FULL sections the stream carried, in order -- the
+        check that the opaque sections were split where QEMU's devices end.
+        Any other byte ends the stream as QEMU's loader does (not an error)."""
+        w = self.w
+        if self._peek(pos) != w.vmdescription:
+            self._end_of_stream(events)
+            return
+        try:
+            (_kind, raw), pos = self._read("VMDESCRIPTION", pos)
+        except OutOfBounds as exc:
+            raise self._fail("section_too_long", "vmdesc", exc.value, exc.max) from None
+        try:
+            desc = json.loads(bytes(raw))
+        except ValueError as exc:
+            raise self._fail("vmdesc_not_json", exc) from None
+        devices = desc.get("devices") if isinstance(desc, dict) else None
+        if not isinstance(devices, list):
+            raise self._fail("vmdesc_no_devices")
+        described = [(d.get("name"), d.get("instance_id")) if isinstance(d, dict) else (None, None)
+                     for d in devices]
+        if described != self.full_sections:
+            index = next((i for i, (a, b) in enumerate(zip(described, self.full_sections))
+                          if a != b), min(len(described), len(self.full_sections)))
+            said = described[index] if index < len(described) else "nothing"
+            got = self.full_sections[index] if index < len(self.full_sections) else "nothing"
+            raise self._fail("vmdesc_mismatch", index, said, got)
+        self.vmdesc = desc
+        self._start = pos
+        self._end_of_stream(events)
+
     def _parse_item(self, events: list[Event]) -> None:
         w = self.w
         pos = self._start
+        if self._state == _S_VMDESC:
+            self._parse_vmdesc(pos, events)
+            return
         if self._state == _S_HEADER:
             # the magic is judged as soon as it is here (QEMU reads it first)
             magic, _ = self._one("CHANNEL_MAGIC", pos)
@@ -535,9 +596,10 @@ class StreamDecoder:
         kind = self._peek(pos)
         if kind == w.eof:
             self._start = pos + 1
-            self._state = _S_DONE
-            self.finished = True
-            events.append(EndOfStream())
+            if self._vmdesc_follows():
+                self._state = _S_VMDESC
+                return
+            self._end_of_stream(events)
             return
         if kind == w.command:
             self._parse_command(pos, events)
@@ -545,6 +607,8 @@ class StreamDecoder:
         if kind in (w.section_start, w.section_full):
             (_kind, sid, raw, instance, version), pos = self._read("SECTION_START", pos)
             name = self._text(raw)
+            if kind == w.section_full:
+                self.full_sections.append((name, instance))
             if self.machine_type is not None:
                 if name not in (RAM_SECTION, GLOBALSTATE_SECTION):
                     if kind != w.section_full:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -38,3 +39,28 @@ def qemu(workdir: Path, args: Sequence[str]) -> Iterator[tuple[subprocess.Popen,
         if proc.poll() is None:
             proc.kill()
         proc.wait(10)
+
+
+def record_qemu_stream(workdir: Path) -> tuple[bytes, str, dict]:
+    """A real QEMU 7.2 stream of ``-M pc -m 64`` (paused) migrated to
+    ``exec:cat > FILE``: (stream bytes, RAM file sha256, query-migrate).
+    Skips the calling test, with the reason, without QEMU 7.2."""
+    import hashlib
+
+    import pytest
+    why = why_not_qemu_72()
+    if why:
+        pytest.skip(why)
+    out, mem = workdir / "stream.mig", workdir / "ram.bin"
+    with qemu(workdir, pc_args(mem, "ram0") + ["-S"]) as (_proc, qmp):
+        qmp.command("migrate-set-capabilities",
+                    {"capabilities": [{"capability": "events", "state": True}]})
+        # cat may still be writing when QEMU says completed: it marks its end
+        qmp.command("migrate", {"uri": f"exec:cat > {out} && touch {out}.done"})
+        qmp.wait_status("completed", 60)
+        info = qmp.command("query-migrate")
+    deadline = time.monotonic() + 60
+    while not (workdir / "stream.mig.done").exists():
+        assert time.monotonic() < deadline, "cat did not finish writing the stream"
+        time.sleep(0.01)
+    return out.read_bytes(), hashlib.sha256(mem.read_bytes()).hexdigest(), info

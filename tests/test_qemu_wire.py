@@ -51,7 +51,8 @@ def test_qemu_source_to_livemig_destination(tmp_path, transport):
             {"capability": "return-path", "state": True}]})
         qmp.command("cont")  # a running guest: its firmware writes RAM meanwhile
         qmp.command("migrate", {"uri": uri})
-        assert _wait_end(qmp) == "completed", qmp.command("query-migrate")
+        assert _wait_end(qmp) == "completed", (qmp.command("query-migrate"),
+                                               dst.query_migrate().get("error-desc"))
         assert dst.wait_for_status({"completed"}, WAIT, side="destination"), \
             dst.incoming.error_desc
         info = qmp.command("query-migrate")

@@ -6,14 +6,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from qemuproc import why_not_qemu_72
+from qemuproc import record_qemu_stream
 
 from livemig.engine.inspect import Inspector, inspect_bytes
 from livemig.engine.layouts import layouts
@@ -21,7 +20,6 @@ from livemig.engine.stream import StreamEncoder
 from livemig.spec import load_profile
 
 PROFILE = load_profile("qemu-7.2")
-QEMU = shutil.which("qemu-system-x86_64")
 
 #: facts §11: the blocks MEM_SIZE declares for `-M pc -m 64` (pc.ram is named
 #: after the memory backend's id when one is given)
@@ -33,32 +31,7 @@ QEMU_BLOCKS = [("ram0", 0x4000000), ("/rom@etc/acpi/tables", 0x20000), ("pc.bios
 @pytest.fixture(scope="module")
 def qemu_stream(tmp_path_factory):
     """A real QEMU 7.2 stream: (stream bytes, RAM file sha256, query-migrate)."""
-    why = why_not_qemu_72()
-    if why:
-        pytest.skip(why)
-    from livemig.engine.qmpclient import SyncQMPClient
-    d = tmp_path_factory.mktemp("qemu")
-    sock, out, mem = d / "qmp.sock", d / "stream.mig", d / "ram.bin"
-    proc = subprocess.Popen(
-        [QEMU, "-M", "pc", "-m", "64", "-display", "none", "-nodefaults", "-S",
-         "-object", f"memory-backend-file,id=ram0,size=64M,mem-path={mem},share=on",
-         "-machine", "memory-backend=ram0", "-qmp", f"unix:{sock},server=on,wait=off"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        with SyncQMPClient(str(sock), "qemu", connect_timeout=30, command_timeout=30,
-                           alive=lambda: proc.poll() is None) as qmp:
-            qmp.command("migrate-set-capabilities",
-                        {"capabilities": [{"capability": "events", "state": True}]})
-            qmp.command("migrate", {"uri": f"exec:cat > {out}"})
-            qmp.wait_status("completed", 60)
-            info = qmp.command("query-migrate")
-            qmp.command("quit")
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
-    return out.read_bytes(), hashlib.sha256(mem.read_bytes()).hexdigest(), info
+    return record_qemu_stream(tmp_path_factory.mktemp("qemu"))
 
 
 # ---------------------------------------------------------------- real QEMU

@@ -243,6 +243,12 @@ WIRE = Wire(
          "but at most 0x%x bytes of blocks this side lacks can be created"),
         ("foreign_section_no_footer", "livemig: no section footer for '%s' (id %d) within "
          "0x%x bytes: its body cannot be told from the next section"),
+        # after EOF (QEMU reads the vmdesc and does not fail on its absence)
+        ("vmdesc_unexpected", "Expected vmdescription section, but got %d"),
+        ("vmdesc_not_json", "vmdesc is not JSON: %s"),  # livemig's own, as the rest below
+        ("vmdesc_no_devices", "vmdesc has no device list"),
+        ("vmdesc_mismatch", "livemig: the vmdesc describes device %d as %s, but the stream "
+         "carried %s: the sections kept opaque were split wrongly"),
         ("device_state_short", "Section '%s' of %d bytes received, at least %d expected"),
         ("multifd_too_many_pages",
          "multifd packet of %u pages received, at most %u are accepted"),
