@@ -267,10 +267,13 @@ class QemuPeerPair:
         self.source.execute("migrate", {"uri": uri})
         return uri
 
-    def recover(self) -> str:
-        """migrate-recover on the destination, then ``migrate resume=true``."""
+    def recover(self, route: Optional[Callable[[str], str]] = None) -> str:
+        """migrate-recover on the destination, then ``migrate resume=true``
+        (to ``route(uri)`` when given)."""
         uri = self._listen("migrate-recover",
                            f"unix:{self.workdir}/recover-{next(self._recoveries)}.sock")
+        if route is not None:
+            uri = route(uri)
         self.source.execute("migrate", {"uri": uri, "resume": True})
         return uri
 
