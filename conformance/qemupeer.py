@@ -42,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import itertools
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Literal, Optional
@@ -68,7 +69,10 @@ def why_not_qemu_72() -> str:
     qemu-7.2 profile and the recorded answers come from QEMU 7.2)."""
     if qemu_binary() is None:
         return "qemu-system-x86_64 is not installed"
-    version = qemu_version()
+    try:
+        version = qemu_version()
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"qemu-system-x86_64 --version failed: {exc}"
     if "version 7.2" not in version:
         return f"qemu-system-x86_64 is not 7.2 (the qemu-7.2 profile's version): {version}"
     return ""

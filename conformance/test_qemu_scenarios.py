@@ -13,7 +13,6 @@ Re-record after a deliberate change: ``python -m livemig.conformance.scenarios``
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -25,13 +24,14 @@ from livemig.conformance.scenarios import (
     SCENARIOS, Process, QemuLauncher, load_recording, run_scenario,
 )
 from livemig.conformance.trace import check_statuses, check_trace
+from livemig.conformance.qemupeer import why_not_qemu_72
 from livemig.spec import load_profile
 
+WHY_NOT_72 = why_not_qemu_72()
 pytestmark = [
     pytest.mark.qemu,
-    pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None,
-                       reason="qemu-system-x86_64 is not installed "
-                              "(Debian package qemu-system-x86)"),
+    # the answers are compared with the qemu-7.2 profile: another QEMU is skipped
+    pytest.mark.skipif(bool(WHY_NOT_72), reason=WHY_NOT_72 or "qemu 7.2"),
 ]
 
 P72 = load_profile("qemu-7.2")

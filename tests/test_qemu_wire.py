@@ -163,3 +163,17 @@ def test_cli_refuses_an_unknown_machine_in_one_line(tmp_path):
     assert r.stderr.strip().splitlines() == [
         "livemig: error: unknown machine type 'bogus' for profile qemu-7.2; expected one of "
         "livemig-pc, pc-i440fx-7.2, pc-q35-7.2"]
+
+
+def test_a_qemu_that_is_not_72_is_skipped_with_the_reason(monkeypatch):
+    """Debian 13 ships QEMU 10.0: the tests that compare a live QEMU with the
+    qemu-7.2 profile must skip there, saying why, not fail."""
+    import livemig.conformance.qemupeer as qemupeer
+    monkeypatch.setattr(qemupeer, "qemu_binary", lambda: "/usr/bin/qemu-system-x86_64")
+    monkeypatch.setattr(qemupeer, "qemu_version",
+                        lambda: "QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-1)")
+    assert qemupeer.why_not_qemu_72() == (
+        "qemu-system-x86_64 is not 7.2 (the qemu-7.2 profile's version): "
+        "QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-1)")
+    monkeypatch.setattr(qemupeer, "qemu_binary", lambda: None)
+    assert qemupeer.why_not_qemu_72() == "qemu-system-x86_64 is not installed"

@@ -11,17 +11,17 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator
 
 import pytest
 
+from livemig.conformance.qemupeer import why_not_qemu_72
 from livemig.engine.qmp import NO_ID, QMPError, QMPInputParser, check_request, qdict_order
 from livemig.engine.vm import VM
 from livemig.spec import load_profile
@@ -118,24 +118,9 @@ def livemig_qmp(workdir: Path) -> Iterator[str]:
         _stop(proc)
 
 
-def _qemu_72() -> Optional[str]:
-    """Why QEMU 7.2 cannot be used, or None."""
-    exe = shutil.which("qemu-system-x86_64")
-    if exe is None:
-        return "qemu-system-x86_64 is not installed"
-    try:
-        out = subprocess.run([exe, "--version"], capture_output=True, text=True,
-                             timeout=30).stdout
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"qemu-system-x86_64 --version failed: {exc}"
-    if "version 7.2" not in out:
-        return f"qemu-system-x86_64 is not 7.2: {out.splitlines()[:1]}"
-    return None
-
-
 @pytest.fixture(scope="module")
 def qemu_qmp(workdir: Path) -> Iterator[str]:
-    reason = _qemu_72()
+    reason = why_not_qemu_72()
     if reason:
         pytest.skip(reason)
     path = str(workdir / "qemu.qmp")
