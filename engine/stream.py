@@ -152,6 +152,7 @@ class StreamEncoder:
 
     def __init__(self, profile: Profile) -> None:
         self.w: WireTables = wire_tables(profile)
+        self._wire = profile.wire  # the spec's own tables (vmdesc type names)
         w = self.w
         self.layouts = lay = layouts(profile)
         self._record = lay["RAM_RECORD"].pack
@@ -231,10 +232,10 @@ class StreamEncoder:
         ``devices`` sent, as (idstr, body layout name) -- their fields are the
         layout's.  A QEMU destination reads one byte past EOF for it (and
         would wait for it on an open channel)."""
-        kinds = {"u8": "uint8", "be16": "uint16", "be32": "uint32", "be64": "uint64"}
+        vmdesc_type = self._wire.vmdesc_type
         described = []
         for name, layout in devices:
-            fields = [{"name": f.name, "type": kinds.get(f.kind, "buffer"), "size": f.size}
+            fields = [{"name": f.name, "type": vmdesc_type(f.kind), "size": f.size}
                       for f in self.layouts[layout].layout.fields]
             described.append({"name": name, "instance_id": 0, "vmsd_name": name,
                               "version": 1, "fields": fields})

@@ -491,6 +491,13 @@ class Wire:
     #: byte layouts of the items that are not MIG_CMD / MIG_RP_MSG payloads
     #: (framing headers, section headers and bodies, RAM records, multifd)
     layouts: tuple[Layout, ...] = ()
+    #: (layout field kind, the VMStateInfo type name QEMU's vmdesc JSON gives
+    #: a field of it); any other kind is described as a "buffer"
+    vmdesc_types: tuple[tuple[str, str], ...] = ()
+
+    def vmdesc_type(self, kind: str) -> str:
+        """The vmdesc ``type`` of a layout field of ``kind``."""
+        return dict(self.vmdesc_types).get(kind, "buffer")
 
     def layout(self, name: str) -> Layout:
         """A layout by name: one of :attr:`layouts`, or ``CMD_<short>`` /

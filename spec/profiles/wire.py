@@ -281,4 +281,6 @@ WIRE = Wire(
     # migrate_protocol_allow_multi_channels); multifd_save_setup fails otherwise
     multi_channel_protocols=("tcp", "unix", "vsock"),
     layouts=LAYOUTS,
+    # vmstate_info_uint8 ... uint64 name their fields so in the vmdesc
+    vmdesc_types=(("u8", "uint8"), ("be16", "uint16"), ("be32", "uint32"), ("be64", "uint64")),
 )
