@@ -115,6 +115,9 @@ class Side:
     def ram_sha256(self) -> str:
         raise NotImplementedError
 
+    def error_desc(self) -> Optional[str]:
+        raise NotImplementedError
+
     def postcopy_requests(self) -> int:
         return int(self.execute("query-migrate").get("ram", {}).get("postcopy-requests", 0))
 
@@ -286,3 +289,11 @@ class QemuPeerPair:
         changed max-postcopy-bandwidth at once)."""
         self.source.execute("migrate-set-parameters", {"max-postcopy-bandwidth": 0})
 
+    def finish(self, timeout: float = 60.0) -> None:
+        """Limits lifted; both ends must reach ``completed`` (bounded) and
+        hold the same RAM (AssertionError with the failed side's error)."""
+        self.unthrottle()
+        for side in (self.source, self.destination):
+            status = side.wait_status({"completed", "failed"}, timeout)
+            assert status == "completed", f"{side}: {status}: {side.error_desc()}"
+        assert self.source.ram_sha256() == self.destination.ram_sha256(), "RAM differs"

@@ -40,7 +40,6 @@ Rules for programs:
 from __future__ import annotations
 
 import select
-import socket
 import sys
 import threading
 import time
@@ -52,6 +51,7 @@ from livemig.engine.threads import CrashHandler, spawn
 from livemig.engine.transport import Channel, Listener, Uri, connect
 
 #: the longest a waiting thread goes without re-checking its predicate
+TLS_LOOK = 0.02  # seconds between looks at a TLS acceptor's queue
 RECHECK = 0.5
 #: seconds between thread switches once postcopy runs (see postcopy_started)
 SWITCH_INTERVAL = 0.0002
@@ -207,6 +207,10 @@ class ThreadRunner:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
+        #: TLS on every channel this runner opens or accepts (engine/tls.py),
+        #: set by the VM when tls-creds is; None: plaintext
+        self.tls: Optional[Any] = None
+        self._acceptors: dict[int, Any] = {}
         self._cond = threading.Condition()
         self._lock = threading.RLock()
         self._pool: Optional[ThreadPoolExecutor] = None
@@ -241,19 +245,37 @@ class ThreadRunner:
         if isinstance(op, WaitFor):
             return self._wait(op.predicate, op.until)
         if isinstance(op, Recv):
-            assert op.chan.sock is not None
-            return op.chan.sock.recv(op.limit)
+            return op.chan.recv(op.limit)
         if isinstance(op, Preempt):
             return None
         if isinstance(op, Connect):
-            return connect(op.uri)
+            chan = connect(op.uri)
+            return self.tls.secure(chan, op.uri) if self.tls is not None else chan
         if isinstance(op, Accept):
-            return op.listener.accept()
+            return self._accept(op.listener)
         if isinstance(op, Peek):
-            return _peek(op.chan, op.n, op.timeout)
+            return op.chan.peek(op.n, op.timeout)
         if isinstance(op, ListenerOrData):
+            if self.tls is not None:
+                return _secured_or_data(self._acceptor(op.listener), op.chan, op.limit)
             return _listener_or_data(op.listener, op.chan, op.limit)
         raise TypeError(f"unknown operation {op!r}")
+
+    def _acceptor(self, listener: Listener) -> Any:
+        """The listener's background TLS acceptor (engine/tls.py), made on
+        first use: a refused peer is reported there and the listener keeps
+        waiting, as QEMU's incoming TLS handshake does."""
+        from livemig.engine.tls import TLSAcceptor
+        acceptor = self._acceptors.get(id(listener))
+        if acceptor is None or acceptor.listener is not listener:
+            acceptor = self._acceptors[id(listener)] = TLSAcceptor(listener, self.tls)
+        return acceptor
+
+    def _accept(self, listener: Listener) -> Channel:
+        """The next connection (with TLS: the next one secured)."""
+        if self.tls is None:
+            return listener.accept()
+        return self._acceptor(listener).accept()
 
     # -- waiting
     def wake(self) -> None:
@@ -303,25 +325,6 @@ class ThreadRunner:
             sys.setswitchinterval(SWITCH_INTERVAL)
 
 
-def _peek(chan: Channel, want: int, timeout: float) -> bytes:
-    """Up to ``want`` first bytes, left in the socket; bounded in time, so a
-    peer that connects and says nothing cannot hold the accept loop."""
-    sock = chan.sock
-    if sock is None:
-        return b""
-    deadline = time.monotonic() + timeout
-    head = b""
-    while len(head) < want:
-        left = deadline - time.monotonic()
-        if left <= 0 or not select.select([sock], [], [], left)[0]:
-            break
-        more = sock.recv(want, socket.MSG_PEEK)
-        if not more or len(more) == len(head):
-            break  # EOF, or no new byte arrived since the last look
-        head = more
-    return head
-
-
 def _listener_or_data(listener: Listener, chan: Channel, limit: int) -> Optional[bytes]:
     """None once a connection waits on ``listener``; else the bytes that
     arrived on ``chan`` (empty: end of file, or either was closed under us)."""
@@ -329,6 +332,8 @@ def _listener_or_data(listener: Listener, chan: Channel, limit: int) -> Optional
         lsock, msock = listener.sock, chan.sock
         if lsock is None or msock is None:
             return b""
+        if limit > 0 and chan.buffered():  # decrypted bytes select() cannot see
+            return chan.recv(limit)
         watch = [lsock] if limit <= 0 else [lsock, msock]
         try:
             ready, _, _ = select.select(watch, [], [], RECHECK)
@@ -337,7 +342,26 @@ def _listener_or_data(listener: Listener, chan: Channel, limit: int) -> Optional
         if lsock in ready:
             return None
         if msock in ready:
-            return msock.recv(limit)
+            return chan.recv(limit)
+
+
+def _secured_or_data(acceptor: Any, chan: Channel, limit: int) -> Optional[bytes]:
+    """:func:`_listener_or_data` for a TLS listener: None once a secured
+    connection waits in ``acceptor``."""
+    while True:
+        if acceptor.waiting():
+            return None
+        msock = chan.sock
+        if msock is None or acceptor.listener.sock is None:
+            return b""
+        if limit > 0 and chan.buffered():
+            return chan.recv(limit)
+        try:  # short looks: the acceptor's queue has no file descriptor to select on
+            ready = select.select([msock] if limit > 0 else [], [], [], TLS_LOOK)[0]
+        except (OSError, ValueError):
+            return b""
+        if ready:
+            return chan.recv(limit)
 
 
 class SocketTransport:

@@ -11,8 +11,11 @@ incoming migration; ``tcp:...:0`` picks a free port, reported by
 """
 from __future__ import annotations
 
+import errno
 import os
+import select
 import socket
+import time
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -106,6 +109,34 @@ class Channel:
             return self.sock.recv_into(buf, 0, socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return 0
+
+    def recv(self, limit: int) -> bytes:
+        """Up to ``limit`` bytes (b"": end of file)."""
+        assert self.sock is not None
+        return self.sock.recv(limit)
+
+    def buffered(self) -> bool:
+        """Bytes are waiting that a select() on the socket would not show
+        (a TLS channel's decrypted plaintext); never for a plain socket."""
+        return False
+
+    def peek(self, want: int, timeout: float) -> bytes:
+        """Up to ``want`` first bytes, left to be read again; bounded in time,
+        so a peer that connects and says nothing cannot hold the accept loop."""
+        sock = self.sock
+        if sock is None:
+            return b""
+        deadline = time.monotonic() + timeout
+        head = b""
+        while len(head) < want:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([sock], [], [], left)[0]:
+                break
+            more = sock.recv(want, socket.MSG_PEEK)
+            if not more or len(more) == len(head):
+                break  # EOF, or no new byte arrived since the last look
+            head = more
+        return head
 
     def shutdown_write(self) -> None:
         """End of file for the peer; reading goes on (a multifd channel's
@@ -213,8 +244,10 @@ class Listener:
                 return Channel(fd=os.dup(self.uri.fd), writable=False)
         if self.uri.protocol == "file":
             return Channel(fd=os.open(self.uri.path, os.O_RDONLY), writable=False)
-        assert self.sock is not None
-        conn, _ = self.sock.accept()
+        sock = self.sock
+        if sock is None:  # closed (by abort, from another thread)
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        conn, _ = sock.accept()
         _tune(conn)
         return Channel(conn)
 

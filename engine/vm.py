@@ -50,6 +50,7 @@ from livemig.engine.runner import SocketTransport
 from livemig.engine.source import SourceMigration
 from livemig.engine.source_driver import SourceDriver
 from livemig.engine.threads import report_only, spawn
+from livemig.engine.tls import ObjectRegistry, TLSEndpoint
 from livemig.engine.transport import Listener, Uri, UriError, parse_uri
 from livemig.errors import CapabilityError, CommandError, MigrationError, ParameterError
 from livemig.spec import DEFAULT_PROFILE, load_profile
@@ -106,6 +107,11 @@ class VM:
         self._subscribers: list[Callable[[Event], None]] = []
         self._events: queue.Queue = queue.Queue()
         self._lock = threading.RLock()
+        #: object-add's objects: TLS credentials and authorization lists
+        self.objects = ObjectRegistry(self.profile)
+        #: what error_report printed (a refused TLS peer on the destination)
+        self.reports: list[str] = []
+        self._reported = threading.Condition()
         self.on_quit: Optional[Callable[[], None]] = None
         self.on_fatal: Optional[Callable[[str], None]] = None
         self.src_cell.subscribe(self._status_event)
@@ -191,6 +197,7 @@ class VM:
         "x-livemig-set-workload": "set_workload",
         "x-livemig-query-ram": "query_ram",
         "x-livemig-read-ram": "read_ram",
+        "object-add": "object_add", "object-del": "object_del",
     }
 
     def execute(self, name: str, args: Optional[dict] = None) -> Any:
@@ -201,6 +208,8 @@ class VM:
         args = dict(args or {})
         if name == "migrate-set-parameters":
             return self.migrate_set_parameters(**args)
+        if name == "object-add":  # its members are the object type's (spec data)
+            return self.object_add(**args)
         return getattr(self, method)(**_qapi_args(self.profile, name, args))
 
     def _env(self, args: dict) -> GuardEnv:
@@ -244,10 +253,54 @@ class VM:
             except UriError:
                 self.src_cell.fire(SOURCE_ROWS["bad_uri"])
                 raise CommandError(self.profile.qapi_error("bad_uri")) from None
-            driver = SourceDriver(session, parsed, self.transport.runner())
+            driver = SourceDriver(session, parsed, self._runner(server=False))
             self._src_driver = driver
             driver.start()
             return {}
+
+    def _runner(self, *, server: bool) -> Any:
+        """A runner for one migration's channels, with TLS on them when
+        ``tls-creds`` is set (the destination is the server)."""
+        runner = self.transport.runner()
+        creds = self.params.get("tls-creds") or ""
+        if creds:
+            runner.tls = TLSEndpoint(self.profile, self.objects, server=server, creds=creds,
+                                     hostname=self.params.get("tls-hostname") or "",
+                                     authz=self.params.get("tls-authz") or "",
+                                     report=self._report)
+        return runner
+
+    def _report(self, text: str) -> None:
+        """QEMU's error_report: on stderr, and kept for QMP-less callers."""
+        with self._reported:
+            self.reports.append(text)
+            self._reported.notify_all()
+        print(f"livemig: {text}", file=sys.stderr, flush=True)
+
+    def wait_for_report(self, prefix: str, timeout: float) -> bool:
+        """Block (bounded) until error_report printed a text with ``prefix``."""
+        with self._reported:
+            return self._reported.wait_for(
+                lambda: any(r.startswith(prefix) for r in self.reports), timeout)
+
+    def object_add(self, **args: Any) -> dict:
+        """QMP ``object-add``: TLS credentials or an authorization list (the
+        spec's object types); QEMU 7.2's errors, nothing changed on one."""
+        with self._lock:
+            self.objects.add(args)
+        return {}
+
+    def object_del(self, id: str) -> dict:
+        """QMP ``object-del``; an object a running migration uses is refused."""
+        with self._lock:
+            self.objects.delete(id, self._object_in_use)
+        return {}
+
+    def _object_in_use(self, obj_id: str) -> bool:
+        running = set(self.profile.states_of("running"))
+        busy = self.src_cell.state in running or self.dst_cell.state not in (
+            set(self.profile.terminal) | {self.profile.status_names[0]})
+        return busy and obj_id in (self.params.get("tls-creds"), self.params.get("tls-authz"))
 
     def migrate_incoming(self, uri: str) -> dict:
         """QMP ``migrate-incoming``: listen on ``uri`` for the stream."""
@@ -275,7 +328,7 @@ class VM:
             session.listening()
             channels = int(param(self.profile, self.params, "multifd-channels")) if self.caps.get(
                 "multifd") else 0
-            driver = DestinationDriver(session, listener, self.transport.runner(),
+            driver = DestinationDriver(session, listener, self._runner(server=True),
                                        multifd_channels=channels, on_done=self._incoming_done,
                                        on_run=self._postcopy_run)
             self._dst_driver = driver
@@ -645,6 +698,7 @@ def _qapi_args(profile: Any, name: str, args: dict) -> dict:
                                    "batch": (int, "int", False)},
         "x-livemig-read-ram": {"id": (str, "string", True), "offset": (int, "int", True),
                                "length": (int, "int", True)},
+        "object-del": {"id": (str, "string", True)},
     }.get(name, {})
     for key, (typ, tname, required) in spec.items():
         if key not in args:

@@ -171,6 +171,42 @@ class Capability:
 
 
 @dataclass(frozen=True)
+class ObjectProperty:
+    """One property of a user-creatable QOM object (``object-add``).
+
+    ``kind``: "str", "bool", "enum" (one of ``enum``) or "rules" (authz-list's
+    list of ``{"match", "policy", "format"}``)."""
+
+    name: str
+    kind: str
+    required: bool = False
+    default: Any = None
+    enum: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ObjectType:
+    """A QOM type ``object-add`` accepts (issue 16: TLS credentials and
+    authorization objects).  ``files``: for credentials read from ``dir``, the
+    files each endpoint needs, in the order QEMU looks for them (the first
+    one missing is named in the error); ``optional_files`` are read when
+    present (a CRL)."""
+
+    name: str
+    doc: str
+    properties: tuple[ObjectProperty, ...]
+    files: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    optional_files: tuple[str, ...] = ()
+    #: the object is TLS credentials (migrate's tls-creds may name it)
+    tls_creds: bool = False
+    #: the object is an authorization list (migrate's tls-authz may name it)
+    authz: bool = False
+
+    def prop(self, name: str) -> Optional[ObjectProperty]:
+        return next((p for p in self.properties if p.name == name), None)
+
+
+@dataclass(frozen=True)
 class MachineType:
     """A machine type, as a stream's configuration section names it, and the
     sections its streams carry (issue 12: a QEMU machine type makes livemig
@@ -575,6 +611,10 @@ class Profile:
     engine_unimplemented: tuple[Unimplemented, ...] = ()
     #: machine types the engine speaks; the first is livemig's own (default)
     machines: tuple[MachineType, ...] = ()
+    #: QOM types object-add accepts (TLS credentials, authorization)
+    object_types: tuple[ObjectType, ...] = ()
+    #: (key, QEMU's text) of object-add / object-del and the TLS channel
+    object_errors: tuple[tuple[str, str], ...] = ()
 
     def __hash__(self) -> int:
         # Profiles key lru_caches on hot paths (a page request's return-path
@@ -627,6 +667,15 @@ class Profile:
 
     def capability_names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.capabilities)
+
+    def object_type(self, name: str) -> Optional[ObjectType]:
+        """The QOM type ``name`` object-add accepts, or None."""
+        return next((t for t in self.object_types if t.name == name), None)
+
+    def object_error(self, key: str, *args: Any) -> str:
+        """An object / TLS text of :attr:`object_errors`, formatted."""
+        text = dict(self.object_errors)[key]
+        return text % args if args else text
 
     def machine(self, name: Optional[str] = None) -> MachineType:
         """The machine type ``name`` (None: livemig's own, the first); a

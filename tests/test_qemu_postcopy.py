@@ -45,15 +45,6 @@ def _read_far_pages(pair: QemuPeerPair, offsets=FAR_PAGES) -> None:
     assert pair.source.postcopy_requests() >= before + len(offsets)
 
 
-def _finish(pair: QemuPeerPair) -> None:
-    pair.unthrottle()
-    assert pair.source.wait_status({"completed", "failed"}, WAIT) == "completed", \
-        pair.source.error_desc()
-    assert pair.destination.wait_status({"completed", "failed"}, WAIT) == "completed", \
-        pair.destination.error_desc()
-    assert pair.source.ram_sha256() == pair.destination.ram_sha256()
-
-
 @pytest.mark.parametrize("transport", ["unix", "tcp"])
 @pytest.mark.parametrize("qemu_role", ["destination", "source"])
 def test_postcopy_with_qemu(tmp_path, qemu_role, transport):
@@ -61,7 +52,7 @@ def test_postcopy_with_qemu(tmp_path, qemu_role, transport):
         pair.start()
         _switch(pair)
         _read_far_pages(pair)
-        _finish(pair)
+        pair.finish(WAIT)
 
 
 def _pause(pair: QemuPeerPair, how: str, relay: FaultRelay) -> None:
@@ -105,7 +96,7 @@ def test_postcopy_pause_and_recovery_with_qemu(tmp_path, qemu_role, how):
                 reader.join(WAIT)
                 assert blocked == [pair.source.read(36 << 20, PAGE)]
             _read_far_pages(pair, FAR_PAGES[1:])
-            _finish(pair)
+            pair.finish(WAIT)
         finally:
             for relay in relays:
                 relay.close()

@@ -566,3 +566,10 @@ MACHINES = (
                 qemu=False, ram_section_id=0, globalstate_section_id=1,
                 globalstate_layout="GLOBALSTATE_BODY", device_section_id=2),
 )
+
+#: object-add's TLS credentials (QEMU 2.5+); authorization objects came in 4.0
+from livemig.spec.profiles.objects import OBJECT_ERRORS as _OBJECT_ERRORS  # noqa: E402
+from livemig.spec.profiles.objects import TLS_CREDS_ANON, TLS_CREDS_X509  # noqa: E402
+
+OBJECT_TYPES = (TLS_CREDS_X509, TLS_CREDS_ANON)
+OBJECT_ERRORS = _OBJECT_ERRORS

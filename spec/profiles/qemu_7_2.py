@@ -499,3 +499,8 @@ MACHINES = Patch(add=tuple(
     MachineType(name, f"QEMU 7.2's {title} machine type", qemu=True, ram_section_id=2,
                 globalstate_section_id=3, globalstate_layout="QEMU_GLOBALSTATE_BODY")
     for name, title in (("pc-i440fx-7.2", "i440FX PC"), ("pc-q35-7.2", "Q35"))))
+
+#: authz-simple and authz-list (QEMU 4.0+), for tls-authz
+from livemig.spec.profiles.objects import AUTHZ_LIST, AUTHZ_SIMPLE  # noqa: E402
+
+OBJECT_TYPES = Patch(add=(AUTHZ_SIMPLE, AUTHZ_LIST))
