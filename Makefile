@@ -2,13 +2,13 @@
 #   make demo  — installs what it needs, then runs `livemig demo`
 #   make test  — installs what it needs, then runs the whole test suite
 # Both create .venv (Python >= 3.11), install livemig editable with its test
-# extras, and install Debian packages (graphviz, qemu-system-x86) with apt-get
+# extras, and install Debian packages (graphviz, qemu-system-x86, openssl) with apt-get
 # when run as root; otherwise they say what to install.
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-DEBIAN_PACKAGES := graphviz qemu-system-x86
+DEBIAN_PACKAGES := graphviz qemu-system-x86 openssl
 STAMP  := $(VENV)/.installed
 
 .PHONY: demo test setup system-packages prove prove-mutants clean
@@ -40,6 +40,7 @@ system-packages:
 	@missing=""; \
 	command -v dot >/dev/null 2>&1 || missing="$$missing graphviz"; \
 	command -v qemu-system-x86_64 >/dev/null 2>&1 || missing="$$missing qemu-system-x86"; \
+	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing Debian packages:$$missing"; \
