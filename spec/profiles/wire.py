@@ -276,6 +276,37 @@ WIRE = Wire(
         ("rp_open_failed", "Unable to open return-path for postcopy"),
         ("stream_eof", "Input/output error"),  # strerror(EIO): the stream ended early
         ("multifd_protocol", "multifd is not supported by current protocol"),
+        # livemig's own: `livemig stream inspect` (engine/inspect.py), the rest below
+        ("inspect_internal", "internal error: %s"),
+        ("stream_ends_inside", "%s (stream ends inside %s)"),
+        ("stream_ends_before", "%s (no %s: the stream ends first)"),
+        ("stream_ends_short", "%s (stream ends inside %s: needs %d bytes, %d available)"),
+        ("section_started_twice", "Section id %d ('%s') started twice"),
+        ("sections_not_ended", "sections started and never ended: %s"),
+        ("eof_in_package", "QEMU_VM_EOF inside a package at %d"),
+        ("footer_missing_at_end", "Missing section footer for %s (the stream ends first)"),
+        ("no_footers", "no section footers (machine types before pc-i440fx-2.4 send none): "
+         "device sections are split at the sizes the vmdesc describes"),
+        ("section_no_size", "Section '%s' (id %d): the stream has no section footers and the "
+         "vmdesc gives no size for it: its body cannot be told from the next section"),
+        ("configuration_absent", "Configuration section missing (machine types before "
+         "pc-i440fx-2.9 send none)"),
+        ("mem_size_overrun", "MEM_SIZE: block '%s' of 0x%x bytes exceeds the 0x%x bytes left "
+         "of the declared total"),
+        ("mem_size_twice", "MEM_SIZE: block '%s' declared twice"),
+        ("mem_size_empty", "MEM_SIZE: block '%s' of 0 bytes"),
+        ("mem_size_differs", "MEM_SIZE: a second block list differs from the first"),
+        ("mem_size_page_size_unknown", "MEM_SIZE: cannot tell whether block '%s' carries its "
+         "page size (POSTCOPY_ADVISE page sizes 0x%x): 0x%x follows its length"),
+        ("mem_size_page_size_and_addr", "MEM_SIZE: postcopy-ram (page sizes 0x%x) with "
+         "x-ignore-shared: the page size of block '%s' cannot be told from its address"),
+        ("vmdesc_absent", "no vmdesc after QEMU_VM_EOF"),
+        ("vmdesc_trailing", "%d bytes after the vmdesc"),
+        ("vmdesc_size_mismatch", "Section '%s' instance %d: %d bytes up to its footer, the "
+         "vmdesc describes %d"),
+        ("channel_error", "multifd channel %d (%s): %s"),
+        ("channel_overlap", "%d pages came on more than one channel with no SYNC between: "
+         "the files do not tell which copy is newer; the multifd channels' copies are kept"),
     ),
     # qmp_migrate allows several channels only for these (7.2:
     # migrate_protocol_allow_multi_channels); multifd_save_setup fails otherwise
