@@ -45,3 +45,32 @@ def test_tls_with_qemu(tmp_path, pki, qemu_role, mode):
             offset = 50 << 20
             assert pair.destination.read(offset, 4096) == pair.source.read(offset, 4096)
         pair.finish(WAIT)
+
+
+@pytest.mark.parametrize("tls_creds", ["", "tls0"])
+def test_the_tls_capability_rules_answer_as_qemu(tls_creds):
+    """zero-copy-send with multifd: the spec's rule about TLS gives the
+    installed QEMU 7.2's answer, with tls-creds set and not."""
+    from livemig.conformance.qemu_vm import QemuVM
+    from livemig.engine.vm import VM
+    from livemig.errors import MigrationError
+    caps = {"capabilities": [{"capability": "multifd", "state": True},
+                             {"capability": "zero-copy-send", "state": True}]}
+    vm = VM(ram_size=4 << 20)
+    try:
+        with QemuVM(role="source", name="tlsrule") as qemu:
+            answers = []
+            for execute in (qemu.execute, None):
+                if execute is None:
+                    vm.execute("migrate-set-parameters", {"tls-creds": tls_creds})
+                    try:
+                        vm.execute("migrate-set-capabilities", caps)
+                        answers.append(("ok", {}))
+                    except MigrationError as exc:
+                        answers.append(("error", "GenericError", exc.message))
+                else:
+                    execute("migrate-set-parameters", {"tls-creds": tls_creds})
+                    answers.append(execute("migrate-set-capabilities", caps))
+            assert answers[0] == answers[1], answers
+    finally:
+        vm.close()

@@ -339,3 +339,30 @@ def test_tls_needs_a_socket_channel(vms, pki, tmp_path):
     assert src.wait_for_status({"failed"}, WAIT)
     assert src.query_migrate()["error-desc"] == "livemig: TLS needs a socket channel, not 'file'"
     assert src.query_status()["status"] == "running"
+
+
+def test_anonymous_credentials(vms):
+    """tls-creds-anon: encrypted, nobody authenticated (TLS 1.2 anonymous ECDH)."""
+    src, dst = vms(seed=3, workload_rate=2000.0), vms(incoming="defer")
+    for vm, endpoint in ((src, "client"), (dst, "server")):
+        vm.execute("object-add", {"qom-type": "tls-creds-anon", "id": "anon0",
+                                  "endpoint": endpoint})
+        vm.execute("migrate-set-parameters", {"tls-creds": "anon0"})
+    dst.execute("migrate-incoming", {"uri": "tcp:127.0.0.1:0"})
+    src.execute("migrate-set-parameters", {"max-bandwidth": 1 << 30})
+    src.execute("migrate", {"uri": dst._listener.connect_uri})
+    assert src.wait_for_status({"active", "completed", "failed"}, WAIT)
+    version = _tls_version(src)
+    _completed(src, dst)
+    assert version == "TLSv1.2"  # anonymous suites are TLS 1.2's
+
+
+def test_zero_copy_send_with_tls_is_refused_by_the_spec_rule(vms):
+    """The 7.2 rule (spec data): zero-copy-send with tls-creds set."""
+    vm = vms()
+    vm.execute("migrate-set-parameters", {"tls-creds": "tls0"})
+    with pytest.raises(MigrationError, match="^Zero copy only available for non-compressed "
+                                             "non-TLS multifd migration$"):
+        vm.execute("migrate-set-capabilities", {"capabilities": [
+            {"capability": "multifd", "state": True},
+            {"capability": "zero-copy-send", "state": True}]})
