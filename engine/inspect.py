@@ -51,7 +51,8 @@ SYNC order.  A page that also came on the main channel, or on two channels
 between the same SYNCs, has no order in the files: the channels' copy is
 kept and a warning counts them.
 
-What it checks: magic and version, the configuration's presence, section
+What it checks: magic and version, the configuration's presence (its
+absence is only a warning when a section follows, as old machine types send), section
 grammar (PART/END only for a started, not yet ended id; a START id used
 once; every footer present and matching), command framing and payloads
 (the spec's texts), PING only after OPEN_RETURN_PATH, the MIG_CMD_POSTCOPY_*
@@ -847,7 +848,10 @@ def _apply_channels(channels: list[_Channel]) -> int:
                 (seen is not None and seen[0] == epoch and seen[1] != n):
             unsure.add(key)
         last[key] = (epoch, n)
-        block.pages.pop(page, None) if data is None else block.pages.__setitem__(page, data)
+        if data is None:
+            block.pages.pop(page, None)
+        else:
+            block.pages[page] = data
     return len(unsure)
 
 
