@@ -1,6 +1,6 @@
 """Precopy benchmark: livemig against QEMU 7.2 on the same migration.
 
-Run:  /tmp/v0/bin/python benchmarks/precopy.py [--size 1G] [--runs 3] [--multifd 2]
+Run:  python benchmarks/precopy.py [--size 1G] [--runs 3] [--multifd 2] [--tls]
 
 For each case (1 GiB of random RAM, 1 GiB of zero RAM) and each engine, two
 processes on this machine migrate over loopback TCP:
@@ -20,7 +20,9 @@ Both get ``max-bandwidth`` set very high; the time is query-migrate's
 engine and case, then the median of ``--runs`` runs.  Prints both times and
 the ratio QEMU time / livemig time (> 1 means livemig is faster).  With
 ``--multifd N`` livemig also runs with the multifd capability and N channels
-(QEMU too, for comparison).
+(QEMU too, for comparison).  With ``--tls`` every case also runs over TLS
+(x509 certificates made for the run, the destination verifying the client,
+``tls-creds`` on both sides): TLS throughput against QEMU's TLS (GnuTLS).
 """
 from __future__ import annotations
 
@@ -83,12 +85,23 @@ def argv_for(engine: str, tmp: Path, name: str, size: int, *, mem: str | None,
     return argv, qmp
 
 
-def one_run(engine: str, tmp: Path, size: int, mem: Path, multifd: int) -> float:
+def _tls(src: QMPProcess, dst: QMPProcess, pki: dict) -> None:
+    """x509 credentials on both sides (the destination verifies the client)."""
+    for node, endpoint in ((src, "client"), (dst, "server")):
+        node.cmd("object-add", **{"qom-type": "tls-creds-x509", "id": "tls0",
+                                  "dir": str(pki[endpoint]), "endpoint": endpoint})
+        node.cmd("migrate-set-parameters", **{"tls-creds": "tls0"})
+
+
+def one_run(engine: str, tmp: Path, size: int, mem: Path, multifd: int,
+            pki: dict | None = None) -> float:
     sa, sq = argv_for(engine, tmp, "src", size, mem=str(mem), incoming=False)
     da, dq = argv_for(engine, tmp, "dst", size, mem=None, incoming=True)
     src = Node(sa, sq)
     dst = Node(da, dq)
     try:
+        if pki is not None:
+            _tls(src, dst, pki)
         caps = [{"capability": "multifd", "state": True}] if multifd else []
         for node in (src, dst):
             if caps:
@@ -127,6 +140,8 @@ def main() -> int:
     ap.add_argument("--multifd", type=int, default=0, metavar="N",
                     help="also run with multifd and N channels")
     ap.add_argument("--cases", default="random,zero")
+    ap.add_argument("--tls", action="store_true",
+                    help="also run every case over TLS (x509, peer verified)")
     args = ap.parse_args()
     from livemig.engine.guest import parse_size
     size = parse_size(args.size)
@@ -135,27 +150,35 @@ def main() -> int:
         return 2
     tmp = Path(tempfile.mkdtemp(prefix="livemig-bench-", dir="/dev/shm"))
     rows = []
+    pki = None
+    if args.tls:
+        from livemig.conformance.tlscerts import make_pki
+        pki = make_pki(tmp / "tls")
     try:
         for case in args.cases.split(","):
             mem = tmp / f"{case}.ram"
             make_file(mem, size, case)
-            variants = [("single", 0)] + ([("multifd", args.multifd)] if args.multifd else [])
-            for label, mf in variants:
+            variants = [("single", 0, None)] + (
+                [("multifd", args.multifd, None)] if args.multifd else [])
+            if args.tls:
+                variants += [(f"{label}+tls", mf, pki) for label, mf, _ in variants]
+            for label, mf, tls_pki in variants:
                 times = {}
                 for engine in ("qemu", "livemig"):
-                    one_run(engine, tmp, size, mem, mf)  # warm-up
-                    samples = [one_run(engine, tmp, size, mem, mf) for _ in range(args.runs)]
+                    one_run(engine, tmp, size, mem, mf, tls_pki)  # warm-up
+                    samples = [one_run(engine, tmp, size, mem, mf, tls_pki)
+                               for _ in range(args.runs)]
                     times[engine] = statistics.median(samples)
-                    print(f"{case:6} {label:8} {engine:8} median {times[engine]:.3f} s  "
+                    print(f"{case:6} {label:12} {engine:8} median {times[engine]:.3f} s  "
                           f"runs {', '.join(f'{x:.3f}' for x in samples)}", flush=True)
                 ratio = times["qemu"] / times["livemig"]
                 rows.append((case, label, times["qemu"], times["livemig"], ratio))
             mem.unlink()
         print()
-        print(f"{'case':6} {'mode':8} {'QEMU s':>8} {'livemig s':>10} {'ratio':>7}  "
+        print(f"{'case':6} {'mode':12} {'QEMU s':>8} {'livemig s':>10} {'ratio':>7}  "
               "(ratio = QEMU time / livemig time; > 1: livemig faster)")
         for case, label, q, l, r in rows:
-            print(f"{case:6} {label:8} {q:8.3f} {l:10.3f} {r:7.2f}x")
+            print(f"{case:6} {label:12} {q:8.3f} {l:10.3f} {r:7.2f}x")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
