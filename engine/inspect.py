@@ -7,8 +7,7 @@ Theory of operation
 dict (the ``--json`` output).  It reads QEMU 7.2 streams (``migrate
 exec:cat > FILE``) and livemig's own (``migrate file:PATH``) with the spec's
 compiled layouts (:mod:`livemig.engine.layouts`) and wire constants
-(:mod:`livemig.engine.wire`); no byte layout is written here but the two
-optional MEM_SIZE fields the spec lacks (``_EXTRA_LAYOUTS``).  Its error and
+(:mod:`livemig.engine.wire`); no byte layout is written here.  Its error and
 warning texts are the spec's (``wire_tables(profile).error(key, ...)``).
 
 What it decodes: the header, the configuration section and its subsections,
@@ -71,19 +70,17 @@ import json
 import sys
 import zlib
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any, Optional
 
 import numpy as np
 
 from livemig.core.cell import PostcopyCell
 from livemig.engine import xbzrle as xbz
-from livemig.engine.layouts import Codec, LayoutError, OutOfBounds, ShortInput, layouts
+from livemig.engine.layouts import LayoutError, OutOfBounds, ShortInput, layouts
 from livemig.engine.multifd import FLAG_SYNC
 from livemig.engine.stream import CONFIG_CAPS, CONFIG_PAGE_BITS, CONFIG_UUID, RAM_SECTION
 from livemig.engine.wire import wire_tables
 from livemig.errors import MigrationError
-from livemig.spec.schema import Field as F, Layout
 
 #: blocks longer than this are not hashed (a garbage MEM_SIZE could declare TiB)
 DEFAULT_HASH_LIMIT = 64 << 30
@@ -99,13 +96,6 @@ _TAIL_CANDIDATES = 5
 # The optional fields ram_save_setup writes after a MEM_SIZE entry's
 # used_length (facts §7.3).  They belong in spec/profiles/wire.py's LAYOUTS;
 # until they are there, they are declared here with the spec's own types.
-_EXTRA_LAYOUTS = (
-    Layout("RAM_BLOCK_PAGE_SIZE", (F("page_size", "be64", "with postcopy-ram, when the "
-                                     "block's page size is not the host's"),)),
-    Layout("RAM_BLOCK_ADDR", (F("addr", "be64", "mr->addr, with x-ignore-shared"),)),
-)
-
-
 class _Fail(Exception):
     def __init__(self, offset: int, text: str) -> None:
         super().__init__(text)
@@ -162,11 +152,6 @@ class _Block:
         return h.hexdigest()
 
 
-@lru_cache(maxsize=None)
-def _extra_codecs(profile: Any) -> dict[str, Codec]:
-    return {lay.name: Codec(lay, profile.wire.const) for lay in _EXTRA_LAYOUTS}
-
-
 class _Reader:
     """Bounded reads of one byte string with the spec's layouts; every
     failure is a :class:`_Fail` at the offset where the item starts."""
@@ -175,11 +160,10 @@ class _Reader:
         self.profile = profile
         self.w = wire_tables(profile)
         self.L = layouts(profile)
-        self.extra = _extra_codecs(profile)
         self.data = data
 
     def _read(self, name: str, pos: int, end: int) -> tuple[tuple, int]:
-        codec = self.extra[name] if name in self.extra else self.L[name]
+        codec = self.L[name]
         try:
             return codec.unpack_from(self.data, pos, end)
         except ShortInput as exc:

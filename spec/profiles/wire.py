@@ -93,6 +93,10 @@ LAYOUTS = (
     Layout("RAM_BLOCK_ID", (F("idstr", "str8"),), "after a record without CONTINUE"),
     Layout("RAM_BLOCK_ENTRY", (F("idstr", "str8"), F("used_length", "be64")),
            "one block of the MEM_SIZE record"),
+    # after a MEM_SIZE entry, when QEMU 7.2's ram_save_setup sends them
+    Layout("RAM_BLOCK_PAGE_SIZE", (F("page_size", "be64", "with postcopy-ram, when the "
+                                     "block's page size is not the host's"),)),
+    Layout("RAM_BLOCK_ADDR", (F("addr", "be64", "mr->addr, with x-ignore-shared"),)),
     Layout("ZERO_PAGE", (F("fill", "u8"),)),
     Layout("XBZRLE_PAGE", (F("encoding", "u8", "ENCODING_FLAG_XBZRLE"),
                            F("data", "str16", "encoded delta"))),
