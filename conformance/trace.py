@@ -54,7 +54,7 @@ from typing import Iterable, Optional
 # and the tests import them from here).
 from livemig.core.tracelog import (
     NDJSON_KEYS, PASS_EVENT, STATUS_EVENT, Log, LogSource, Record, Step, TraceInputError,
-    check_ndjson_line, infer_steps, initial_status, parse_line, read_log,
+    check_ndjson_line, infer_steps, initial_knowledge, initial_status, parse_line, read_log,
 )
 from livemig.spec import CURRENT, Profile
 
@@ -151,10 +151,16 @@ class SideChecker:
         self.side = side
         self.state = start
         self.start = start
+        #: a log from the beginning knows the guards its events show (a
+        #: command's own event, e.g. migrate-recover's setup); from the
+        #: middle, none
+        self.known = (initial_knowledge(profile, side) if start == initial_status(profile)
+                      else None)
 
     def event(self, status: str, line: int = 0, t: Optional[float] = None) -> list[Step]:
         """One MIGRATION event: the steps explaining it (a store may precede the change)."""
-        steps = infer_steps(self.profile, self.side, [(line, status, t)], start=self.state)
+        steps = infer_steps(self.profile, self.side, [(line, status, t)], start=self.state,
+                            known=self.known)
         if steps and steps[-1].legal:
             self.state = steps[-1].new
         return steps

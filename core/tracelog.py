@@ -55,7 +55,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional, Union
+from typing import Any, Iterable, Optional, Union
 
 from livemig.spec import Profile, Transition
 
@@ -262,24 +262,110 @@ def check_ndjson_line(profile: Profile, obj: dict, line: int) -> Step:
     return Step(side, old, new, (rid,), "store" if row.store else "change", line, t)
 
 
+# ---------------------------------------------------------------- guards
+def _command_side(command: Any) -> str:
+    """The side whose state a command's preconditions read (migrate-recover:
+    the destination)."""
+    return next((p.state_side for p in command.preconditions if p.state_side), "source")
+
+
+def log_visible_flags(profile: Profile, side: str) -> dict[str, tuple[Any, ...]]:
+    """The guard flags of ``side`` an event log can know: those set by a
+    command that emits a MIGRATION status at once (``Command.event``, e.g.
+    migrate-recover's ``setup``), by flag name -> those commands."""
+    out: dict[str, tuple[Any, ...]] = {}
+    for command in profile.commands:
+        if command.event and _command_side(command) == side:
+            for flag in command.sets_flags:
+                out[flag] = out.get(flag, ()) + (command,)
+    return out
+
+
+def guard_may_hold(expr: Any, known: dict[str, bool],
+                   where: Optional[tuple[Profile, str, str]] = None) -> Optional[bool]:
+    """Three-valued: False when ``expr`` is false for what ``known`` says of
+    its flags, True when true, None when it depends on what the log cannot
+    know (capabilities, errors, the PostcopyState, other flags).  ``where``
+    (profile, side, state) also decides that side's InState atoms."""
+    from livemig.spec import expr as E
+    if isinstance(expr, E.Const):
+        return expr.value
+    if isinstance(expr, E.Flag):
+        return known.get(expr.name)
+    if isinstance(expr, E.InState) and where is not None:
+        profile, side, state = where
+        if expr.side in (None, side):
+            return state in profile.states_of(expr.name)
+        return None
+    if isinstance(expr, E.Not):
+        inner = guard_may_hold(expr.arg, known, where)
+        return None if inner is None else not inner
+    if isinstance(expr, (E.All, E.AnyOf)):
+        values = [guard_may_hold(a, known, where) for a in expr.args]
+        decisive, other = (False, True) if isinstance(expr, E.All) else (True, False)
+        if decisive in values:
+            return decisive
+        return other if all(v is other for v in values) else None
+    return None
+
+
+def _accepted_in(profile: Profile, command: Any, side: str, state: str) -> bool:
+    """The command may have run in ``state``: none of its preconditions
+    refuses it there for certain (migrate-recover: only postcopy-paused)."""
+    return not any(guard_may_hold(p.when, {}, (profile, side, state)) is True
+                   for p in command.preconditions)
+
+
+def initial_knowledge(profile: Profile, side: str) -> dict[str, bool]:
+    """What a log that starts at the beginning knows: no such command yet."""
+    return {flag: False for flag in log_visible_flags(profile, side)}
+
+
 def infer_steps(profile: Profile, side: str, statuses: Iterable[tuple[int, str, Optional[float]]],
-                start: Optional[str] = None) -> list[Step]:
-    """Steps explaining a sequence of ``(line, status, t)`` MIGRATION events of one side."""
+                start: Optional[str] = None,
+                known: Optional[dict[str, bool]] = None) -> list[Step]:
+    """Steps explaining a sequence of ``(line, status, t)`` MIGRATION events of one side.
+
+    ``known`` (updated in place): the log-visible guard flags
+    (:func:`log_visible_flags`) and whether the log has shown them set; given,
+    a row whose guard is false for them does not explain a step -- e.g. the
+    destination's postcopy-paused -> postcopy-recover needs migrate-recover,
+    whose ``setup`` event must come first.  None (a log that starts in the
+    middle) evaluates no guard."""
     rows = profile.rows(side)  # type: ignore[arg-type]
     changing = [r for r in rows if not r.event_only and not r.store]
     events = [r for r in rows if r.event_only]
     stores = [r for r in rows if r.store]
+    visible = log_visible_flags(profile, side) if known is not None else {}
     state = start or initial_status(profile)
     steps: list[Step] = []
     for line, status, t in statuses:
-        found = [r.id for r in changing if r.new == status and state in profile.sources_of(r)]
+        candidates = [r for r in changing if r.new == status and state in profile.sources_of(r)]
+        found = [r.id for r in candidates
+                 if known is None or guard_may_hold(r.guard, known) is not False]
         if found:
             steps.append(Step(side, state, status, tuple(found), "change", line, t))
             state = status
             continue
-        found = [r.id for r in events if r.emits == status and state in profile.sources_of(r)]
-        if found:
-            steps.append(Step(side, state, state, tuple(found), "event", line, t))
+        emitting = [r.id for r in events if r.emits == status and state in profile.sources_of(r)]
+        if emitting:
+            steps.append(Step(side, state, state, tuple(emitting), "event", line, t))
+            if known is not None:
+                for flag, commands in visible.items():
+                    if any(c.event == status and _accepted_in(profile, c, side, state)
+                           for c in commands):
+                        known[flag] = True
+            continue
+        if candidates:  # a row goes there, but its guard is false by what the log showed
+            from livemig.spec.expr import to_text
+            row = candidates[0]
+            missing = [f for f, v in (known or {}).items() if v is False]
+            shown_by = ", ".join(f"{c.name} (its MIGRATION {c.event})"
+                                 for f in missing for c in visible.get(f, ()))
+            steps.append(Step(side, state, status, (), "illegal", line, t,
+                              f"{row.id} goes from {state} to {status} only when "
+                              f"{to_text(row.guard)}; the log shows no {shown_by} before it"))
+            state = status
             continue
         via = None
         for store in stores:
@@ -291,6 +377,9 @@ def infer_steps(profile: Profile, side: str, statuses: Iterable[tuple[int, str, 
                     break
         if via:
             store, after = via
+            if known is not None:  # migrate_init resets the command flags
+                for flag in known:
+                    known[flag] = False
             steps.append(Step(side, state, store.new, (store.id,), "store", line, t))
             steps.append(Step(side, store.new, status, tuple(after), "change", line, t))
             state = status
@@ -303,6 +392,7 @@ def infer_steps(profile: Profile, side: str, statuses: Iterable[tuple[int, str, 
 
 __all__ = [
     "Log", "LogSource", "NDJSON_KEYS", "PASS_EVENT", "Record", "STATUS_EVENT", "Step",
-    "TraceInputError", "check_ndjson_line", "infer_steps", "initial_status", "parse_line",
+    "TraceInputError", "check_ndjson_line", "guard_may_hold", "infer_steps", "initial_knowledge",
+    "initial_status", "log_visible_flags", "parse_line",
     "qmp_time", "read_log",
 ]

@@ -187,11 +187,29 @@ def check_profile(profile: Profile) -> list[str]:
             problems.append(f"ENGINE_UNIMPLEMENTED {item.name}: unknown capability")
     problems += _layout_problems(profile)
     problems += _machine_problems(profile)
+    problems += _command_event_problems(profile)
     for table_name, table in (("MIG_CMD", profile.wire.commands),
                               ("MIG_RP_MSG", profile.wire.return_path)):
         values = [m.value for m in table]
         if values != list(range(len(values))):
             problems.append(f"{table_name} values must be 0..n in order")
+    return problems
+
+
+def _command_event_problems(profile: Profile) -> list[str]:
+    """A command's ``event`` must be a status an event-only row of the side
+    its preconditions read emits (the trace checker reads the command from it)."""
+    problems = []
+    for command in profile.commands:
+        if command.event is None:
+            continue
+        side = next((p.state_side for p in command.preconditions if p.state_side), "source")
+        if not any(r.event_only and r.emits == command.event for r in profile.rows(side)):
+            problems.append(f"command {command.name}: event {command.event!r} is emitted by "
+                            f"no event-only {side} row")
+        unknown = set(command.sets_flags) - {f.name for f in profile.flags}
+        if unknown:
+            problems.append(f"command {command.name}: sets unknown flags {sorted(unknown)}")
     return problems
 
 

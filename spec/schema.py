@@ -390,6 +390,10 @@ class Command:
     allow_oob: bool = False
     sets_flags: tuple[str, ...] = ()
     arg_types: Optional[tuple[ArgType, ...]] = ()
+    #: the MIGRATION status the command emits at once on its state side
+    #: (through an event-only row), so that an event log shows the command
+    #: -- and the flags it sets -- even though the state does not change
+    event: Optional[str] = None
 
 
 @dataclass(frozen=True)

@@ -503,7 +503,7 @@ COMMANDS = (
                      state_side="destination"),
         Precondition("migrate-recover.triggered", Flag("recover_listening"),
                      "Migrate recovery is triggered already", state_side="destination"),
-    ), allow_oob=True, sets_flags=("recover_listening",)),
+    ), allow_oob=True, sets_flags=("recover_listening",), event="setup"),
     Command("migrate-set-capabilities", ("capabilities",), (
         Precondition("migrate-set-capabilities.running", InState("setup_or_active"),
                      "There's a migration process in progress"),

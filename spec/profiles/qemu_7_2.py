@@ -457,7 +457,7 @@ COMMANDS = (
                      fill="arg:uri",
                      doc="observed on 7.2: a paused destination given 'nope:x'; it stays "
                          "postcopy-paused and a later migrate-recover works"),
-    ), allow_oob=True, sets_flags=("recover_listening",),
+    ), allow_oob=True, sets_flags=("recover_listening",), event="setup",
         doc="observed on 7.2: a second migrate-recover while paused is accepted (no "
             "'triggered already' check); each call emits the incoming setup event"),
     Command("migrate-set-capabilities", ("capabilities",), (
