@@ -10,7 +10,10 @@ cases are checked in one process:
 
 Optional keys: "profile", "current" (current caps/params), "state" (source
 status), "params" (current parameters, for caps), "caps" (for params),
-"host" (host facts).  Each answer: {"ok": true|false, "error": null|"text"}.
+"host" (host facts), "id" (echoed in the answer).  Each answer:
+{"ok": true|false, "error": null|"text"}, with the line's "id" when it has one.
+A line that is not such an object is answered {"ok": false, "error": "line N:
+why", "input_error": true} and makes the exit status 1.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from typing import Any
 
 from livemig.core.caps import check_capabilities
 from livemig.core.params import check_parameters
+from livemig.cli import UsageError
 from livemig.errors import MigrationError
 from livemig.spec import DEFAULT_PROFILE, load_profile, profile_names
 
@@ -49,16 +53,47 @@ def param_value(text: str) -> Any:
         return text
 
 
+#: the members a --batch line may have, with their JSON types ("id" is any value)
+CAPS_CASE = {"profile": str, "caps": list, "side": str, "current": dict, "host": dict,
+             "params": dict, "state": str}
+PARAMS_CASE = {"profile": str, "params": object, "side": str, "current": dict, "caps": dict,
+               "host": dict}
+_JSON_TYPE = {str: "a string", list: "an array", dict: "an object"}
+
+
+def check_case(case: Any, members: dict) -> None:
+    """Refuse a --batch line that is not an object of ``members`` (ValueError naming why)."""
+    if not isinstance(case, dict):
+        raise ValueError("each line must be a JSON object")
+    for key, value in case.items():
+        if key == "id":
+            continue
+        if key not in members:
+            raise ValueError(f"unknown member {key!r}; expected {', '.join(members)} or id")
+        if members[key] is not object and not isinstance(value, members[key]):
+            raise ValueError(f"{key!r} must be {_JSON_TYPE[members[key]]}")
+
+
+def known_status(profile: Any, state: str) -> str:
+    """``state`` if it is one of the profile's statuses, else a ValueError naming them."""
+    if state not in profile.status_names:
+        raise ValueError(f"unknown migration status {state!r} for profile {profile.name}; "
+                         f"expected one of {', '.join(profile.status_names)}")
+    return state
+
+
 def _answer_caps(case: dict, default_profile: str) -> dict:
+    check_case(case, CAPS_CASE)
     profile = load_profile(case.get("profile", default_profile))
     result = check_capabilities(
         profile, cap_request(case.get("caps", [])), side=case.get("side", "source"),
         current=case.get("current"), host=case.get("host"), params=case.get("params"),
-        state=case.get("state", "none"))
+        state=known_status(profile, case.get("state", profile.status_names[0])))
     return result.to_json()
 
 
 def _answer_params(case: dict, default_profile: str) -> dict:
+    check_case(case, PARAMS_CASE)
     profile = load_profile(case.get("profile", default_profile))
     result = check_parameters(profile, case.get("params", {}), side=case.get("side", "source"),
                               current=case.get("current"), caps=case.get("caps"),
@@ -67,19 +102,22 @@ def _answer_params(case: dict, default_profile: str) -> dict:
 
 
 def _batch(answer, default_profile: str) -> int:
+    malformed = False
     for number, line in enumerate(sys.stdin, 1):
         if not line.strip():
             continue
+        case = None
         try:
             case = json.loads(line)
-            if not isinstance(case, dict):
-                raise ValueError("each line must be a JSON object")
             reply = answer(case, default_profile)
         except (ValueError, MigrationError) as exc:
-            reply = {"ok": False, "error": None, "input_error": f"line {number}: {exc}"}
+            malformed = True
+            reply = {"ok": False, "error": f"line {number}: {exc}", "input_error": True}
+        if isinstance(case, dict) and "id" in case:
+            reply["id"] = case["id"]
         sys.stdout.write(json.dumps(reply) + "\n")
     sys.stdout.flush()
-    return 0
+    return 1 if malformed else 0
 
 
 def _print(result: dict, as_json: bool) -> int:
@@ -93,6 +131,10 @@ def _print(result: dict, as_json: bool) -> int:
 def _caps(args: argparse.Namespace) -> int:
     if args.batch:
         return _batch(_answer_caps, args.profile)
+    try:
+        known_status(load_profile(args.profile), args.state)
+    except ValueError as exc:
+        raise UsageError(f"--state: {exc}") from None
     case = {"caps": args.caps, "side": args.side, "state": args.state}
     return _print(_answer_caps(case, args.profile), args.json)
 
@@ -103,8 +145,7 @@ def _params(args: argparse.Namespace) -> int:
     params = {}
     for item in args.assignments:
         if "=" not in item:
-            print(f"livemig: error: expected NAME=VALUE, got {item!r}", file=sys.stderr)
-            return 2
+            raise UsageError(f"expected NAME=VALUE, got {item!r}")
         name, value = item.split("=", 1)
         params[name] = param_value(value)
     return _print(_answer_params({"params": params, "side": args.side}, args.profile), args.json)

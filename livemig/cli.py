@@ -36,6 +36,13 @@ and run a real migration engine driven by it.
 """
 
 
+class UsageError(Exception):
+    """A bad command-line value: ``main`` prints ``livemig: error: <message>`` and exits 2.
+
+    The message names the option, the value and what is allowed, on one line
+    (argparse's own refusals look the same, without argparse's usage lines)."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="livemig", description=DESCRIPTION,
@@ -62,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except MigrationError as exc:
+    except (MigrationError, UsageError) as exc:
         print(f"livemig: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

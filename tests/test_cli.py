@@ -41,11 +41,11 @@ def test_caps_batch_answers_each_line():
     proc = run_cli("caps", "check", "--batch",
                    stdin="".join(json.dumps(x) + "\n" for x in lines) + "not json\n")
     answers = [json.loads(x) for x in proc.stdout.splitlines()]
-    assert proc.returncode == 0 and len(answers) == 4
+    assert proc.returncode == 1 and len(answers) == 4  # 1: a line was malformed
     assert answers[0]["error"] == "Multifd is not compatible with compress"
     assert answers[1]["error"] == "Postcopy is not currently compatible with compression"
     assert answers[2]["error"] == "There's a migration process in progress"
-    assert "line 4" in answers[3]["input_error"]
+    assert answers[3]["input_error"] is True and answers[3]["error"].startswith("line 4: ")
 
 
 def test_params_batch():
