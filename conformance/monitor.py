@@ -17,6 +17,9 @@ the timeout.  After an illegal step it carries on from the event's status.
 from __future__ import annotations
 
 import json
+import os
+import socket
+import stat
 import sys
 import time
 from dataclasses import dataclass, field
@@ -82,13 +85,40 @@ def ensure_events(session: QMPSession, out: IO[str]) -> None:
           f"({CAPS_COMMAND})", file=out)
 
 
+def connect(path: str, timeout: float) -> QMPSession:
+    """A session on the QMP socket ``path``; QMPSessionError naming it and the reason.
+
+    A path that is missing or not a socket is refused at once; a socket that
+    refuses connections is retried for ``timeout`` s (its process may be
+    starting)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise QMPSessionError(f"QMP socket {path} not reachable: {exc.strerror}") from None
+    if not stat.S_ISSOCK(mode):
+        raise QMPSessionError(f"QMP socket {path} not reachable: not a socket")
+    try:
+        return QMPSession(path, "monitor", connect_timeout=timeout)
+    except QMPSessionError:
+        pass
+    # Why, in the OS's words: one plain connect, only once QMP has failed.
+    with socket.socket(socket.AF_UNIX) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+            reason = "it accepts connections but no QMP session started"
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+    raise QMPSessionError(f"QMP socket {path} not reachable within {timeout:g} s: {reason}")
+
+
 def monitor(profile: Profile, address: str, side: Optional[str] = None,
             start: Optional[str] = None, until: Optional[Sequence[str]] = None,
             timeout: float = 600.0, ndjson: Optional[IO[str]] = None,
             out: IO[str] = sys.stdout) -> MonitorResult:
     """Attach, check events until a status of ``until`` or ``timeout``; the steps seen."""
     until = tuple(until or profile.terminal)
-    with QMPSession(socket_path(address), "monitor", connect_timeout=min(timeout, 30.0)) as s:
+    with connect(socket_path(address), min(timeout, 30.0)) as s:
         if side is None:
             runstate = s.command("query-status")["status"]
             side = "destination" if runstate == INMIGRATE_RUNSTATE else "source"

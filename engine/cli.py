@@ -9,7 +9,14 @@
 * ``livemig migrate URI [--ram SIZE] [--fill F] [--caps ...] [--param k=v ...]
   [--workload RATE] [--json]`` -- send one migration of a running, dirtying
   guest with a progress bar; ``--json`` prints the final MigrationInfo.
-  Exit status is non-zero when the migration failed or was cancelled.
+  Exit status is non-zero when the migration failed or was cancelled.  Ctrl-C
+  cancels the migration (``migrate_cancel``), waits up to ``CANCEL_WAIT`` s for
+  it to end, and exits 130.
+
+A bad option value (``--ram``, ``--param``, ``--qmp``, the URI,
+``--postcopy-after`` without postcopy) is refused before anything starts with
+one line, ``livemig: error: ...``, naming the value and what is allowed, and
+exit status 2.
 """
 from __future__ import annotations
 
@@ -21,12 +28,37 @@ import threading
 import time
 from typing import Any, Optional
 
+from livemig.cli import UsageError
 from livemig.engine.guest import FILLS, parse_size
 from livemig.errors import MigrationError
+from livemig.spec import load_profile
+
+#: seconds Ctrl-C or --timeout waits for a cancelled migration to end
+CANCEL_WAIT = 30.0
+#: the words ``--param NAME=VALUE`` reads as a boolean
+BOOL_WORDS = {"on": True, "true": True, "yes": True, "1": True,
+              "off": False, "false": False, "no": False, "0": False}
+SIZE_TEXT = "bytes, or with a K, M, G or T suffix, e.g. 64M"
+#: what a --param value of each QAPI type must look like
+TYPE_TEXT = {"bool": "a boolean (on or off)", "size": f"a size ({SIZE_TEXT})", "uint8": "an integer",
+             "uint32": "an integer", "uint64": "an integer", "int64": "an integer"}
+
+
+def ram_size(profile: Any, text: str) -> int:
+    """``--ram``'s bytes: a positive multiple of the profile's target page size."""
+    page = profile.target_page_size
+    allowed = f"expected a positive multiple of the target page size {page} ({SIZE_TEXT})"
+    try:
+        size = parse_size(text)
+    except (ValueError, OverflowError):
+        raise UsageError(f"--ram {text}: not a size; {allowed}") from None
+    if size <= 0 or size % page:
+        raise UsageError(f"--ram {text}: {size} bytes; {allowed}")
+    return size
 
 
 def _vm_kwargs(args: argparse.Namespace) -> dict:
-    return dict(ram_size=parse_size(args.ram),
+    return dict(ram_size=ram_size(load_profile(args.profile), args.ram),
                 fill="zero" if args.mem_path else args.fill, workload_rate=args.workload,
                 profile=args.profile, uuid=getattr(args, "uuid", None), mem_path=args.mem_path,
                 machine=args.machine)
@@ -102,13 +134,16 @@ def cmd_vm(args: argparse.Namespace) -> int:
     from livemig.engine.qmp import serve_vm
     from livemig.engine.vm import VM
     if not args.qmp.startswith("unix:"):
-        print("livemig vm: --qmp takes unix:PATH", file=sys.stderr)
-        return 2
+        raise UsageError(f"--qmp {args.qmp}: expected unix:PATH")
+    path = args.qmp[len("unix:"):]
     vm = VM(incoming=args.incoming, start_paused=args.start_paused, log=_open_log(args.log),
             exit_on_error=True, **_vm_kwargs(args))
     signal.signal(signal.SIGTERM, lambda *_: vm.quit())
     try:
-        serve_vm(vm, args.qmp[len("unix:"):])
+        serve_vm(vm, path)
+    except OSError as exc:  # QEMU: "Failed to bind socket to PATH: <reason>"
+        raise UsageError(f"--qmp {args.qmp}: Failed to bind socket to {path}: "
+                         f"{exc.strerror or exc}") from None
     finally:
         vm.close()
     return 0
@@ -124,30 +159,59 @@ def apply_options(vm: Any, caps: str, params: list[str]) -> None:
     for item in params:
         name, sep, value = item.partition("=")
         if not sep:
-            raise SystemExit(f"--param {item!r}: expected NAME=VALUE")
+            raise UsageError(f"--param {item}: expected NAME=VALUE")
         request[name] = _param_value(vm.profile, name, value)
     if request:
         vm.execute("migrate-set-parameters", request)
 
 
 def _param_value(profile: Any, name: str, text: str) -> Any:
+    """``--param NAME=VALUE``'s VALUE as NAME's QAPI type; a bad one is a UsageError
+    naming what the type takes and the range the profile's rule for NAME allows."""
     try:
         ptype = profile.parameter(name).type
     except KeyError:
-        return text
-    if ptype == "bool":
-        return text.lower() in ("1", "on", "true", "yes")
-    if ptype == "size":
-        return parse_size(text)
-    if ptype in ("uint8", "uint32", "uint64", "int64"):
-        return int(text, 0)
+        return text  # migrate-set-parameters answers "Parameter 'NAME' is unexpected"
+    try:
+        if ptype == "bool":
+            return BOOL_WORDS[text.lower()]
+        if ptype == "size":
+            return parse_size(text)
+        if ptype in ("uint8", "uint32", "uint64", "int64"):
+            return int(text, 0)
+    except (KeyError, ValueError, OverflowError):
+        ranges = [r.error for r in profile.param_rules if r.param == name and r.when is None
+                  and not r.alias_map]
+        raise UsageError(f"--param {name}={text}: not {TYPE_TEXT[ptype]}"
+                         + "".join(f"; {e}" for e in ranges)) from None
     return text
+
+
+def check_uri(profile: Any, uri: str) -> None:
+    """Refuse a URI no transport takes with QEMU's text for it (the qapi error bad_uri)."""
+    from livemig.engine.transport import UriError, parse_uri
+    try:
+        parse_uri(uri)
+    except UriError:
+        raise UsageError(profile.qapi_error("bad_uri")) from None
+
+
+def check_postcopy_caps(profile: Any, caps: dict) -> None:
+    """``--postcopy-after`` needs migrate-start-postcopy's capabilities: refuse at once
+    (with that command's precondition text) when they are off."""
+    from livemig.core.guards import GuardEnv, evaluate
+    command = profile.command("migrate-start-postcopy")
+    for pre in command.preconditions:
+        if pre.id == f"{command.name}.caps" and evaluate(pre.when, GuardEnv(profile, caps=caps)):
+            raise UsageError(f"--postcopy-after: {pre.error} (--caps postcopy-ram, on both "
+                             f"sides)")
 
 
 def cmd_incoming(args: argparse.Namespace) -> int:
     from rich.console import Console
     from livemig.engine.vm import VM
     console = Console(stderr=args.json)
+    check_uri(load_profile(args.profile), args.uri)
     vm = VM(incoming="defer", log=_open_log(args.log), **_vm_kwargs(args))
     failed = threading.Event()
     vm.on_fatal = lambda msg: failed.set()
@@ -161,7 +225,8 @@ def cmd_incoming(args: argparse.Namespace) -> int:
             where = f"tcp:{a['host']}:{a['port']}"
         console.print(f"[bold]listening[/] on {where}", highlight=False)
         if not vm.wait_incoming_done(args.timeout):
-            console.print("[red]timed out[/]")
+            console.print(f"[red]timed out[/]: no completed migration within --timeout "
+                          f"{args.timeout:g} s", highlight=False)
             return 1
         info = vm.execute("query-migrate")
         status = info.get("status")
@@ -198,30 +263,40 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from rich.console import Console
     from livemig.engine.vm import VM
     console = Console(stderr=args.json)
+    check_uri(load_profile(args.profile), args.uri)
     vm = VM(log=_open_log(args.log), **_vm_kwargs(args))
+    # Ctrl-C only sets a flag the progress loop reads (a KeyboardInterrupt
+    # raised inside the engine's locks could leave them held).
+    interrupted = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
     try:
         apply_options(vm, args.caps, args.param)
+        if args.postcopy_after is not None:
+            check_postcopy_caps(vm.profile, vm.caps)
         vm.execute("migrate", {"uri": args.uri})
         if args.postcopy_after is not None:
             timer = threading.Timer(args.postcopy_after, _start_postcopy, (vm, console))
             timer.daemon = True
             timer.start()
-        info = run_progress(vm, console, timeout=args.timeout)
+        info = run_progress(vm, console, timeout=args.timeout, interrupted=interrupted)
         if args.json:
             print(json.dumps(info, indent=2))
         else:
             print_summary(console, info, vm.st.completed)
+        if interrupted.is_set():
+            return 130
         return 0 if info.get("status") == vm.st.completed else 1
-    except KeyboardInterrupt:
-        vm.execute("migrate_cancel")
-        vm.wait_outgoing_done(30)
-        return 1
     finally:
+        signal.signal(signal.SIGINT, previous)
         vm.close()
 
 
-def run_progress(vm: Any, console: Any, *, timeout: float = 600.0) -> dict:
-    """Show a rich progress bar until the migration ends; returns the final info."""
+def run_progress(vm: Any, console: Any, *, timeout: float = 600.0,
+                 interrupted: Optional[threading.Event] = None) -> dict:
+    """Show a rich progress bar until the migration ends; returns the final info.
+
+    After ``timeout`` s, or once ``interrupted`` is set (Ctrl-C), it says so and
+    cancels the migration (:func:`cancel`)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     total = vm.guest.total_bytes()
     columns = (TextColumn("[bold]{task.fields[status]:<10}"), BarColumn(),
@@ -250,11 +325,24 @@ def run_progress(vm: Any, console: Any, *, timeout: float = 600.0) -> dict:
                     progress.update(task, completed=total)
                 vm.wait_outgoing_done(30)
                 return vm.execute("query-migrate")
-            if time.monotonic() > deadline:
-                vm.execute("migrate_cancel")
-                vm.wait_outgoing_done(30)
-                return vm.execute("query-migrate")
+            why = ("interrupted (Ctrl-C)" if interrupted is not None and interrupted.is_set()
+                   else f"timed out: not completed within --timeout {timeout:g} s"
+                   if time.monotonic() > deadline else None)
+            if why:
+                progress.stop()
+                console.print(f"{why}; cancelling the migration (migrate_cancel)",
+                              highlight=False, soft_wrap=True)
+                return cancel(vm, console)
             vm.src_cell.wait_for(lambda s: s in terminal, 0.2)
+
+
+def cancel(vm: Any, console: Any) -> dict:
+    """``migrate_cancel``, then wait (at most CANCEL_WAIT s) for the end; the final info."""
+    vm.execute("migrate_cancel")
+    if not vm.wait_outgoing_done(CANCEL_WAIT):
+        console.print(f"the migration did not end within {CANCEL_WAIT:g} s of migrate_cancel",
+                      highlight=False)
+    return vm.execute("query-migrate")
 
 
 def print_summary(console: Any, info: dict, completed: str) -> None:
