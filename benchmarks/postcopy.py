@@ -1,8 +1,8 @@
 """Postcopy benchmark: fault round-trip latency and the time of a postcopy
 migration, between two ``livemig vm`` processes over loopback.
 
-Run:  /tmp/v0/bin/python benchmarks/postcopy.py [--size 1G] [--latency-size 256M]
-                                                  [--transport tcp|unix]
+Run:  .venv/bin/python benchmarks/postcopy.py [--size 1G] [--latency-size 256M]
+                                                [--transport tcp|unix]
 
 1. Fault latency.  The source guest (``--latency-size`` of random RAM) is
    switched to postcopy at once (``migrate-start-postcopy`` right after
