@@ -112,6 +112,12 @@ class Side:
     def read(self, offset: int, length: int) -> str:
         raise NotImplementedError
 
+    def wait_run(self, timeout: float) -> None:
+        """A destination: until POSTCOPY_RUN is handled (its guest left
+        inmigrate).  Before it a broken channel fails the destination
+        instead of pausing it (7.2's dst.pause needs RUNNING)."""
+        raise NotImplementedError
+
     def ram_sha256(self) -> str:
         raise NotImplementedError
 
@@ -143,6 +149,10 @@ class LivemigSide(Side):
     def read(self, offset: int, length: int) -> str:
         return self.vm.execute("x-livemig-read-ram",
                                {"id": RAM_BLOCK, "offset": offset, "length": length})["sha256"]
+
+    def wait_run(self, timeout: float) -> None:
+        if not self.vm.guest.wait_run_state({"running", "paused"}, timeout):
+            raise TimeoutError(f"livemig {self.role}: still {self.vm.guest.run_state}")
 
     def ram_sha256(self) -> str:
         blocks = {b["id"]: b for b in self.vm.execute("x-livemig-query-ram")}
@@ -181,6 +191,10 @@ class QemuSide(Side):
         data = dump.read_bytes()
         dump.unlink()
         return hashlib.sha256(data).hexdigest()
+
+    def wait_run(self, timeout: float) -> None:
+        self.qemu.wait_for(lambda q: q.status(), lambda s: s != "inmigrate", timeout,
+                           what="QEMU destination out of inmigrate")
 
     def ram_sha256(self) -> str:
         return hashlib.sha256(self.mem.read_bytes()).hexdigest()

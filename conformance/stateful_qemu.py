@@ -119,6 +119,7 @@ def build_qemu_machine(qemu_role: Role) -> type[RuleBasedStateMachine]:
             for side in (source, destination):
                 side.wait_status({"postcopy-active"}, WAIT)
             if start == "paused":
+                destination.wait_run(WAIT)  # (before RUN a cut fails it: not this start)
                 self.cut_the_channel()
                 for side in (source, destination):
                     side.wait_status({"postcopy-paused"}, WAIT)
@@ -282,8 +283,14 @@ def build_qemu_machine(qemu_role: Role) -> type[RuleBasedStateMachine]:
             if self.status("source") != "postcopy-paused" or \
                     self.status("destination") != "postcopy-paused":
                 return
-            assert self.pair is not None
-            self.pair.recover(route=self._through_relay)
+            # commands, not pair.recover(): a side may leave paused meanwhile
+            # (the network is real), and a refusal is checked like any other
+            uri = self._fresh_uri()
+            if not self._execute("destination", "migrate-recover", {"uri": uri}):
+                return
+            self.recover_uri = self._through_relay(uri)
+            if not self._execute("source", "migrate", {"uri": self.recover_uri, "resume": True}):
+                return
             for role in ("source", "destination"):
                 try:
                     self.side(role).wait_status({"postcopy-active", "completed", "failed",

@@ -276,6 +276,11 @@ class Guest:
         if self.on_run_state is not None and old != state:
             self.on_run_state(old, state)
 
+    def wait_run_state(self, states: "set[str] | frozenset[str]", timeout: float) -> bool:
+        """Block (bounded) until the run state is one of ``states``."""
+        with self._run_lock:
+            return self._run_lock.wait_for(lambda: self.run_state in states, timeout)
+
     def vm_start(self) -> None:
         """Run the vCPU (QEMU's vm_start)."""
         self._start_thread()

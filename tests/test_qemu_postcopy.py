@@ -35,6 +35,7 @@ def _switch(pair: QemuPeerPair) -> None:
     pair.source.execute("migrate-start-postcopy")
     pair.source.wait_status({"postcopy-active"}, WAIT)
     pair.destination.wait_status({"postcopy-active"}, WAIT)
+    pair.destination.wait_run(WAIT)  # a pause before RUN fails the destination (7.2)
 
 
 def _read_far_pages(pair: QemuPeerPair, offsets=FAR_PAGES) -> None:
