@@ -275,6 +275,8 @@ class ThreadRunner:
         """The next connection (with TLS: the next one secured)."""
         if self.tls is None:
             return listener.accept()
+        if listener.sock is None:  # fd: / file: -- one channel, nothing to listen on
+            return self.tls.secure(listener.accept(), listener.uri)
         return self._acceptor(listener).accept()
 
     # -- waiting

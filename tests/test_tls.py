@@ -369,3 +369,19 @@ def test_zero_copy_send_with_tls_is_refused_by_the_spec_rule(vms):
         vm.execute("migrate-set-capabilities", {"capabilities": [
             {"capability": "multifd", "state": True},
             {"capability": "zero-copy-send", "state": True}]})
+
+
+def test_a_tls_destination_on_a_file_fails_once(vms, pki, tmp_path):
+    """No socket to secure: the load ends at once with the text (it does not
+    reopen the file forever); nothing was accepted, so no row fires (as a
+    QEMU destination whose incoming TLS fails stays where it was)."""
+    dst = vms(incoming="defer")
+    _creds(dst, pki["server"], "server")
+    dst.execute("migrate-set-parameters", {"tls-creds": "tls0"})
+    stream = tmp_path / "stream"
+    stream.write_bytes(b"\0" * 16)
+    dst.execute("migrate-incoming", {"uri": f"file:{stream}"})
+    assert dst.wait_incoming_done(WAIT)
+    assert dst.incoming.error_desc == \
+        "load of migration failed: livemig: TLS needs a socket channel, not 'file'"
+    assert dst.dst_cell.state == "none"
