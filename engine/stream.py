@@ -608,8 +608,6 @@ class StreamDecoder:
         if kind in (w.section_start, w.section_full):
             (_kind, sid, raw, instance, version), pos = self._read("SECTION_START", pos)
             name = self._text(raw)
-            if kind == w.section_full:
-                self.full_sections.append((name, instance))
             if self.machine_type is not None:
                 if name not in (RAM_SECTION, GLOBALSTATE_SECTION):
                     if kind != w.section_full:
@@ -661,6 +659,8 @@ class StreamDecoder:
             raise self._fail("device_state_short", name, exc.value, exc.min) from None
         if started is not None:
             events.append(started)
+            if kind == self.w.section_full:  # its body is in: counted once
+                self.full_sections.append((name, started.instance_id))
         if name == DEVICE_SECTION:
             events.append(DeviceState(body))
         else:
@@ -692,6 +692,9 @@ class StreamDecoder:
         self._foreign_scan_sid = None
         section = ForeignSection(sid, name, instance, version, self._buf[pos:pos + at].tobytes())
         self.foreign.append(section)
+        # here, not at the header: a body still arriving re-parses the header
+        # on the next call (_NeedMore), and would be counted again
+        self.full_sections.append((name, instance))
         events.append(SectionStarted(self.w.section_full, sid, name, instance, version))
         events.append(section)
         self._start = pos + at

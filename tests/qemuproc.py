@@ -28,9 +28,10 @@ def qemu(workdir: Path, args: Sequence[str]) -> Iterator[tuple[subprocess.Popen,
     """QEMU with ``args`` and a QMP socket in ``workdir``; killed on exit."""
     assert QEMU is not None
     sock = workdir / "qemu.qmp"
+    log = open(workdir / "qemu.log", "wb")  # QEMU's error_report lines: see qemu_log()
     proc = subprocess.Popen([QEMU, *args, "-qmp", f"unix:{sock},server=on,wait=off"],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+    log.close()
     try:
         with SyncQMPClient(str(sock), "qemu", connect_timeout=30, command_timeout=30,
                            alive=lambda: proc.poll() is None) as qmp:
@@ -64,3 +65,11 @@ def record_qemu_stream(workdir: Path) -> tuple[bytes, str, dict]:
         assert time.monotonic() < deadline, "cat did not finish writing the stream"
         time.sleep(0.01)
     return out.read_bytes(), hashlib.sha256(mem.read_bytes()).hexdigest(), info
+
+
+def qemu_log(workdir: Path) -> str:
+    """What the QEMU of :func:`qemu` printed (why it failed a migration)."""
+    try:
+        return (workdir / "qemu.log").read_text(errors="replace")[-2000:]
+    except OSError:
+        return ""

@@ -13,7 +13,7 @@ import subprocess
 
 import numpy as np
 import pytest
-from qemuproc import pc_args, qemu, why_not_qemu_72
+from qemuproc import pc_args, qemu, qemu_log, why_not_qemu_72
 
 from livemig.engine.qmpclient import status_of
 from livemig.engine.vm import VM
@@ -52,7 +52,8 @@ def test_qemu_source_to_livemig_destination(tmp_path, transport):
         qmp.command("cont")  # a running guest: its firmware writes RAM meanwhile
         qmp.command("migrate", {"uri": uri})
         assert _wait_end(qmp) == "completed", (qmp.command("query-migrate"),
-                                               dst.query_migrate().get("error-desc"))
+                                               dst.dst_cell.state, dst.incoming.error_desc,
+                                               qemu_log(tmp_path))
         assert dst.wait_for_status({"completed"}, WAIT, side="destination"), \
             dst.incoming.error_desc
         info = qmp.command("query-migrate")
@@ -105,7 +106,7 @@ def test_livemig_source_to_qemu_destination(tmp_path, transport):
         src.execute("migrate", {"uri": uri})
         assert src.wait_for_status({"completed", "failed"}, WAIT), src.query_migrate()
         assert src.src_cell.state == "completed", src.query_migrate()
-        assert _wait_end(qmp) == "completed"
+        assert _wait_end(qmp) == "completed", qemu_log(tmp_path)
         qmp.command("stop")  # its RAM file is final from here
     try:
         ours = {b["id"]: b for b in src.execute("x-livemig-query-ram")}

@@ -123,3 +123,15 @@ def test_a_vmdesc_that_is_not_qemus_json_is_refused(stream, text, error):
     data, at = stream
     with pytest.raises(StreamError, match=error):
         _decode(_with_vmdesc(data, at, text))
+
+
+@pytest.mark.parametrize("chunk", [64, 1000, 4096])
+def test_each_full_section_is_counted_once_whatever_the_chunks(stream, chunk):
+    """A FULL section whose body arrives in pieces is re-parsed from its
+    header: it must still be listed once (a loaded CI saw a QEMU source
+    fail when a section was listed twice and the vmdesc check refused)."""
+    data, _at = stream
+    decoder = _decode(data, chunk)  # the whole stream in pieces, as a socket gives it
+    assert decoder.finished
+    assert decoder.full_sections == _decode(data).full_sections
+    assert len(decoder.full_sections) == len(set(decoder.full_sections))
