@@ -271,13 +271,15 @@ class QemuPeerPair:
         port = self.qemu.command("query-migrate")["socket-address"][0]["port"]
         return f"tcp:127.0.0.1:{port}"
 
-    def start(self, *, bandwidth: int = 8 << 20, postcopy_bandwidth: int = 4 << 20,
+    def start(self, *, bandwidth: int = 8 << 20, postcopy_bandwidth: int = 1 << 20,
               route: Optional[Callable[[str], str]] = None) -> str:
         """Listen on the destination and start the migration on the source;
         the URI the source connects to (``route(uri)`` when given: e.g. a
         fault relay's URI in front of the destination's).  The bandwidths are
         slow enough that a test can fault pages the background transfer has
-        not sent yet."""
+        not sent yet, and that postcopy lasts (about a minute for 64 MiB)
+        even when a loaded machine is slow to look: :meth:`unthrottle` or
+        :meth:`finish` let it end."""
         uri = (f"unix:{self.workdir}/migrate.sock" if self.transport == "unix"
                else "tcp:127.0.0.1:0")
         uri = self._listen("migrate-incoming", uri)

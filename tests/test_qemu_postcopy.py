@@ -24,7 +24,7 @@ from livemig.conformance.qemupeer import QemuPeerPair, why_not_qemu_72
 WAIT = 60.0
 PAGE = 4096
 #: pages read on the destination, high to low: the background transfer moves
-#: on from each requested page, so a lower one is still missing (4 MiB/s)
+#: on from each requested page, so a lower one is still missing (1 MiB/s)
 FAR_PAGES = (60 << 20, 44 << 20, 28 << 20)
 
 pytestmark = pytest.mark.skipif(bool(why_not_qemu_72()), reason=why_not_qemu_72() or "qemu 7.2")
