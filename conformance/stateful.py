@@ -71,6 +71,9 @@ ENGINE_OWN_TEXTS = (
 )
 #: why destinations failed (their load errors), for the report
 DESTINATION_FAILURES: Counter = Counter()
+#: reports the stateful tests made, printed at the end of the pytest run
+#: (conformance/conftest.py: pytest's output capture hides a test's prints)
+SUMMARY: list[str] = []
 
 RAM = 2 << 20
 SIDES = ("source", "destination")

@@ -13,7 +13,9 @@ import os
 import pytest
 from hypothesis import HealthCheck, settings
 
-from livemig.conformance.stateful import COVERAGE, build_machine, coverage_report, starts
+from livemig.conformance.stateful import (
+    COVERAGE, SUMMARY, build_machine, coverage_report, starts,
+)
 from livemig.engine.postcopy import POSTCOPY_DESTINATION_ROWS, POSTCOPY_SOURCE_ROWS
 from livemig.engine.rows import ALL_ROW_IDS
 from livemig.spec import load_profile
@@ -75,6 +77,7 @@ def test_transition_coverage_report():
         pytest.skip("run together with the stateful tests (they collect the coverage)")
     fraction, report = coverage_report(PROFILE, ENGINE_ROWS)
     print("\n" + report)
+    SUMMARY.append(report)
     fake_fraction, _ = coverage_report(PROFILE, ENGINE_ROWS, backends=("fake",))
     assert fake_fraction >= COVERAGE_FLOOR, report
     if COVERAGE["sockets"]:

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from livemig.conformance.qemupeer import why_not_qemu_72
+from livemig.conformance.stateful import SUMMARY
 from livemig.conformance.stateful_qemu import QEMU_ROWS, build_qemu_machine, report
 
 EXAMPLES = int(os.environ.get("LIVEMIG_STATEFUL_QEMU_EXAMPLES", "20"))
@@ -38,6 +39,7 @@ def test_qemu_rows_reached_report():
         pytest.skip("run together with the QEMU stateful tests (they collect the rows)")
     text = report()
     print("\n" + text)
+    SUMMARY.append(text)
     for role, rows in MUST_REACH.items():
         if role in QEMU_ROWS:
             missing = rows - set(QEMU_ROWS[role])
