@@ -31,7 +31,9 @@ pytestmark = pytest.mark.skipif(bool(why_not_qemu_72()), reason=why_not_qemu_72(
 
 
 def _switch(pair: QemuPeerPair) -> None:
-    pair.source.wait_status({"active"}, WAIT)
+    # at once (accepted from setup on): a loaded machine slow to see 'active'
+    # must not let precopy send everything first -- postcopy would then end
+    # before the test could fault a page
     pair.source.execute("migrate-start-postcopy")
     pair.source.wait_status({"postcopy-active"}, WAIT)
     pair.destination.wait_status({"postcopy-active"}, WAIT)
