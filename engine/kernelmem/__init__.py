@@ -28,6 +28,10 @@ _EXPORTS: dict[str, str] = {
     "Fault": "uffd",
     "available": "uffd",
     "SharedMemory": "mapping",
+    "DirtyLog": "dirtylog",
+    "WPAsyncDirtyLog": "dirtylog",
+    "SoftDirtyLog": "dirtylog",
+    "open_dirty_log": "dirtylog",
 }
 
 __all__ = sorted(_EXPORTS)
