@@ -76,6 +76,16 @@ def error_text(exc: BaseException) -> str:
     return str(exc)
 
 
+def connect_error_text(profile: Any, uri: Uri, exc: OSError) -> str:
+    """error-desc of a channel that could not connect: QEMU names the address."""
+    reason = exc.strerror or str(exc)
+    if uri.protocol == "unix":
+        return profile.qapi_error("connect_failed_unix") % (uri.path, reason)
+    if uri.protocol == "tcp":
+        return profile.qapi_error("connect_failed_inet") % (uri.host, uri.port, reason)
+    return reason
+
+
 class _Sender:
     """One multifd channel and the buffer lists queued for it."""
 
@@ -227,7 +237,7 @@ class SourceDriver:
         try:
             self.chan = yield Connect(self.uri)
         except OSError as exc:
-            s.connect_error(error_text(exc))
+            s.connect_error(connect_error_text(s.profile, self.uri, exc))
             return False
         return s.channel_connected(self.uri.protocol, self.chan.bidirectional)
 
@@ -238,7 +248,7 @@ class SourceDriver:
                 chan = yield Connect(self.uri)
             except OSError as exc:
                 with self.lock:
-                    s.multifd_error(error_text(exc))
+                    s.multifd_error(connect_error_text(s.profile, self.uri, exc))
                 return False
             sender = _Sender(chan)
             self.senders.append(sender)
@@ -562,7 +572,8 @@ class SourceDriver:
             try:
                 chan = yield Connect(uri)
             except OSError as exc:
-                s.error_desc = error_text(exc)  # migrate_fd_error: a no-op while paused
+                # migrate_fd_error: a no-op while paused
+                s.error_desc = connect_error_text(s.profile, uri, exc)
                 continue
             self.chan = chan
             if not s.resume_connected():

@@ -38,8 +38,10 @@ from livemig.core.caps import check_capabilities, default_capabilities, default_
 from livemig.core.cell import Attempt, StatusCell, TransitionLog
 from livemig.core.commands import check_arguments, check_command
 from livemig.core.guards import GuardEnv
+from livemig.core.introspect import command_names, schema_info
 from livemig.core.params import check_parameters, param
 from livemig.engine.destination import DestinationMigration
+from livemig.engine.hmp import HumanMonitor
 from livemig.engine.guest import (
     Guest, MiB, RUN_INMIGRATE, RUN_PAUSED, RUN_RUNNING,
 )
@@ -77,8 +79,10 @@ class VM:
                  exit_on_error: bool = False, mem_path: Optional[str] = None,
                  extra_blocks: Optional[dict[str, int]] = None, seed: int = 0,
                  transport: Optional[SocketTransport] = None, vcpu_thread: bool = True,
-                 machine: Optional[str] = None) -> None:
+                 machine: Optional[str] = None, name: Optional[str] = None) -> None:
         self.profile = load_profile(profile)
+        #: QEMU's ``-name``: what query-name and ``info name`` answer
+        self.name = name
         #: the machine type this VM's streams name (a SpecError for an unknown one)
         self.machine = self.profile.machine(machine).name
         self.transport = transport if transport is not None else SocketTransport()
@@ -101,6 +105,8 @@ class VM:
         self.incoming: Optional[DestinationMigration] = None
         self._dst_driver: Optional[DestinationDriver] = None
         self._listener: Optional[Listener] = None
+        #: the incoming side's socket-address, kept after its listener closed
+        self._incoming_address: list[dict] = []
         self._incoming_started = False
         self._inmigrate_cli = incoming is not None
         self._autostart = not start_paused
@@ -198,6 +204,8 @@ class VM:
         "x-livemig-query-ram": "query_ram",
         "x-livemig-read-ram": "read_ram",
         "object-add": "object_add", "object-del": "object_del",
+        "query-commands": "query_commands", "query-qmp-schema": "query_qmp_schema",
+        "human-monitor-command": "human_monitor_command",
     }
 
     def execute(self, name: str, args: Optional[dict] = None) -> Any:
@@ -210,6 +218,9 @@ class VM:
             return self.migrate_set_parameters(**args)
         if name == "object-add":  # its members are the object type's (spec data)
             return self.object_add(**args)
+        if name == "human-monitor-command":  # members with dashes
+            checked = _qapi_args(self.profile, name, args)
+            return self.human_monitor_command(checked["command-line"])
         return getattr(self, method)(**_qapi_args(self.profile, name, args))
 
     def _env(self, args: dict) -> GuardEnv:
@@ -246,14 +257,17 @@ class VM:
             session = PostcopySource(self.profile, self.guest, self.src_cell,
                                      caps=self.caps, params=self.params, uuid=self.uuid,
                                      on_pass=self._pass_event, machine=self.machine)
-            session.begin(time.monotonic())
+            runner = self._runner(server=False)
+            # the runner's clock (simulated on the fake link) times the whole
+            # migration: setup-time and total-time subtract its readings
+            session.begin(runner.clock())
             self.source = session
             try:
                 parsed = parse_uri(uri)
             except UriError:
                 self.src_cell.fire(SOURCE_ROWS["bad_uri"])
                 raise CommandError(self.profile.qapi_error("bad_uri")) from None
-            driver = SourceDriver(session, parsed, self._runner(server=False))
+            driver = SourceDriver(session, parsed, runner)
             self._src_driver = driver
             driver.start()
             return {}
@@ -471,10 +485,27 @@ class VM:
         return {"status": rs, "singlestep": False, "running": rs == RUN_RUNNING}
 
     def query_version(self) -> dict:
-        return {"qemu": {"major": 7, "minor": 2, "micro": 0}, "package": "livemig"}
+        """The profile's QEMU version (what the engine answers as), and livemig."""
+        major, minor, micro = self.profile.monitor.version
+        return {"qemu": {"major": major, "minor": minor, "micro": micro},
+                "package": self.profile.monitor.package}
 
     def query_name(self) -> dict:
-        return {}
+        return {} if self.name is None else {"name": self.name}
+
+    def query_commands(self) -> list[dict]:
+        """Every command this VM runs: the schema's, then livemig's own x-livemig-*."""
+        names = command_names(self.profile)
+        names += [n for n in self.COMMANDS if n not in names and n.startswith("x-")]
+        return [{"name": n} for n in names]
+
+    def query_qmp_schema(self) -> list[dict]:
+        """QAPI introspection of the schema's commands and events (spec/qapi.py)."""
+        return schema_info(self.profile)[0]
+
+    def human_monitor_command(self, command_line: str) -> str:
+        """HMP's migration commands (engine/hmp.py), QEMU 7.2's output."""
+        return HumanMonitor(self).run(command_line)
 
     def stop(self) -> dict:
         if self.guest.run_state == RUN_RUNNING:
@@ -571,9 +602,14 @@ class VM:
         come from the session (:meth:`_info_value`)."""
         info: dict[str, Any] = {}
         st = self.st
-        if self._listener is not None and self._listener.sock is not None:
-            info["socket-address"] = self._listener.socket_address
         dst_state = self.dst_cell.state
+        if self._listener is not None and dst_state not in self.profile.terminal:
+            # QEMU keeps the listening addresses (mis->socket_address_list)
+            # until the incoming migration ends, not just while it listens
+            if self._listener.sock is not None:
+                self._incoming_address = self._listener.socket_address
+            if self._incoming_address:
+                info["socket-address"] = self._incoming_address
         if dst_state != st.none:
             info["status"] = dst_state
         inc = self.incoming
@@ -699,6 +735,8 @@ def _qapi_args(profile: Any, name: str, args: dict) -> dict:
         "x-livemig-read-ram": {"id": (str, "string", True), "offset": (int, "int", True),
                                "length": (int, "int", True)},
         "object-del": {"id": (str, "string", True)},
+        "human-monitor-command": {"command-line": (str, "string", True),
+                                  "cpu-index": (int, "int", False)},
     }.get(name, {})
     for key, (typ, tname, required) in spec.items():
         if key not in args:

@@ -46,7 +46,8 @@ _SCALARS = {"PARAM_ERROR_FORMAT": "param_error_format", "WIRE": "wire",
             "TARGET_PAGE_SIZE": "target_page_size", "ALIAS_MAP_RULES": "alias_map_rules",
             "MIGRATION_INFO": "migration_info",
             "ENGINE_UNIMPLEMENTED": "engine_unimplemented", "MACHINES": "machines",
-            "OBJECT_TYPES": "object_types", "OBJECT_ERRORS": "object_errors"}
+            "OBJECT_TYPES": "object_types", "OBJECT_ERRORS": "object_errors",
+            "MONITOR": "monitor"}
 
 
 def profile_names() -> tuple[str, ...]:

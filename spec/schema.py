@@ -619,6 +619,9 @@ class Profile:
     object_types: tuple[ObjectType, ...] = ()
     #: (key, QEMU's text) of object-add / object-del and the TLS channel
     object_errors: tuple[tuple[str, str], ...] = ()
+    #: the monitor beyond the migration commands: QAPI introspection and
+    #: HMP (a ``livemig.spec.qapi.MonitorSpec``)
+    monitor: Any = None
 
     def __hash__(self) -> int:
         # Profiles key lru_caches on hot paths (a page request's return-path

@@ -105,7 +105,8 @@ def test_refused_multifd_channel_is_the_multifd_row():
     src.execute("migrate", {"uri": "unix:/fake/mig.sock"})
     link.run()
     assert rows(src, "source")[-1] == "src.multifd.send_failed"
-    assert src.query_migrate()["error-desc"] == "Connection refused"
+    assert src.query_migrate()["error-desc"] == ("Failed to connect to '/fake/mig.sock': "
+                                                    "Connection refused")
 
 
 def test_multifd_over_the_fake_link_keeps_the_sync_barrier():

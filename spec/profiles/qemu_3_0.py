@@ -418,6 +418,10 @@ QAPI_ERRORS = (
     # qmp_migrate's own check of the URI's protocol (QERR_INVALID_PARAMETER_VALUE),
     # after migrate_init: the row src.qmp_migrate.bad_uri
     ("bad_uri", "Parameter 'uri' expects a valid migration protocol"),
+    # a refused outgoing channel (socket_connect): error-desc, then the OS's
+    # reason (7.2's texts, recorded; 3.0's were not)
+    ("connect_failed_unix", "Failed to connect to '%s': %s"),
+    ("connect_failed_inet", "Failed to connect to '%s:%s': %s"),
     # QMP's dispatcher, before any member is visited (qmp-dispatch; observed on
     # 7.2 with "arguments": [] / "x" / 1).
     ("arguments_not_object", "QMP input member 'arguments' must be an object"),
@@ -573,3 +577,10 @@ from livemig.spec.profiles.objects import TLS_CREDS_ANON, TLS_CREDS_X509  # noqa
 
 OBJECT_TYPES = (TLS_CREDS_X509, TLS_CREDS_ANON)
 OBJECT_ERRORS = _OBJECT_ERRORS
+
+# The monitor's introspection and HMP: recorded from 7.2 only; the 3.0
+# profile serves the same shapes, its own statuses, capabilities and
+# parameters generated into them (spec/qapi.py), and says version 3.0.0.
+from livemig.spec.profiles.monitor_7_2 import MONITOR as _MONITOR_7_2  # noqa: E402
+
+MONITOR = dataclasses.replace(_MONITOR_7_2, version=(3, 0, 0))

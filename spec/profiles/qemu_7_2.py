@@ -504,3 +504,5 @@ MACHINES = Patch(add=tuple(
 from livemig.spec.profiles.objects import AUTHZ_LIST, AUTHZ_SIMPLE  # noqa: E402
 
 OBJECT_TYPES = Patch(add=(AUTHZ_SIMPLE, AUTHZ_LIST))
+
+from livemig.spec.profiles.monitor_7_2 import MONITOR  # noqa: E402,F401
