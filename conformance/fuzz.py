@@ -635,6 +635,36 @@ def qemu_stream_target(P: Profile) -> Target:
     return t
 
 
+def hmp_target(P: Profile) -> Target:
+    """human-monitor-command lines on one idle VM (a fake link: a started
+    migration never moves), the VM's state kept between inputs as a
+    monitor session's would be."""
+    from livemig.conformance.fakelink import FakeLink
+    from livemig.engine.vm import VM
+
+    t = Target("hmp-line",
+               "engine.hmp.HumanMonitor.run(line) through human-monitor-command on an idle "
+               "VM: any text answers a text (it never raises; a QEMU-style error is a line)",
+               (),
+               dictionary=[b"info migrate", b"info migrate_parameters", b"info migrate_capabilities",
+                           b"migrate_set_parameter ", b"migrate_set_capability ", b"migrate -d ",
+                           b"migrate_cancel", b"max-bandwidth", b"downtime-limit", b"compress-level",
+                           b"xbzrle on", b" on", b" off", b"0x", b"1.5K", b"16E", b"-1", b'"', b"\\",
+                           b"unix:/fuzz/x.sock", b"tls-creds", b"multifd-compression zstd"])
+    vm = VM(ram_size=64 << 10, vcpu_thread=False, start_paused=True, profile=P.name,
+            transport=FakeLink().transport("fuzz"))
+
+    def run(data: bytes) -> None:
+        line = data.decode("utf-8", "replace")
+        out = vm.execute("human-monitor-command", {"command-line": line})
+        if not isinstance(out, str):
+            raise TypeError(f"human-monitor-command returned {type(out).__name__}, not str")
+        t.meter.see(len(out), "HMP output")
+
+    t.run = run
+    return t
+
+
 FACTORIES: dict[str, Callable[[Profile], Target]] = {
     "precopy-stream": precopy_target,
     "qemu-stream": qemu_stream_target,
@@ -645,6 +675,7 @@ FACTORIES: dict[str, Callable[[Profile], Target]] = {
     "multifd": multifd_target,
     "qmp-input": qmp_target,
     "trace-file": trace_target,
+    "hmp-line": hmp_target,
 }
 
 _cache: dict[str, Target] = {}
