@@ -228,7 +228,7 @@ class HumanMonitor:
             if "status" not in info:
                 return []
             text = line.fmt.format(info["status"])
-            if info["status"] == "failed" and info.get("error-desc"):
+            if info["status"] == line.error_status and info.get("error-desc"):
                 text += f" ({info['error-desc']})"
             return [text]
         if line.when == "status":

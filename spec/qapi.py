@@ -124,6 +124,8 @@ class HmpInfoLine:
     shift: int = 0
     when: str = "present"
     float_digits: Optional[int] = None
+    #: in this status the line adds `` (error-desc)`` (the status line)
+    error_status: Optional[str] = None
 
 
 @dataclass(frozen=True)

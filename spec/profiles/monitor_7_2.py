@@ -98,7 +98,7 @@ GLOBALS = (("store-global-state", "on"), ("only-migratable", "off"),
 
 #: hmp_info_migrate after the globals, in order
 INFO_MIGRATE = (
-    L("status", "Migration status: {}"),
+    L("status", "Migration status: {}", error_status="failed"),
     L("total-time", "total time: {} ms", when="status"),
     L("expected-downtime", "expected downtime: {} ms"),
     L("downtime", "downtime: {} ms"),
