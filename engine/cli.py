@@ -1,9 +1,11 @@
 """``livemig vm``, ``livemig incoming`` and ``livemig migrate``.
 
-* ``livemig vm --qmp unix:PATH [--incoming URI|defer] [--ram SIZE] [--fill F]
-  [--workload RATE] [-S] [--uuid U] [--log PATH]`` -- a VM process serving QMP,
-  driven like ``qemu-system-x86_64 -qmp unix:PATH,server=on,wait=off``.  A
-  failed incoming load exits with status 1, as QEMU does.
+* ``livemig vm --qmp unix:PATH [--qmp unix:PATH2 ...] [--incoming URI|defer]
+  [--ram SIZE] [--fill F] [--workload RATE] [-S] [--uuid U] [--log PATH]`` -- a
+  VM process serving QMP, driven like ``qemu-system-x86_64 -qmp
+  unix:PATH,server=on,wait=off``; several ``--qmp`` are QEMU's several
+  ``-qmp`` (every client on any of them gets the events).  A failed incoming
+  load exits with status 1, as QEMU does.
 * ``livemig incoming URI [--ram SIZE] [--caps ...] [--param k=v ...]`` --
   receive one migration, run the memory check, print a summary.
 * ``livemig migrate URI [--ram SIZE] [--fill F] [--caps ...] [--param k=v ...]
@@ -99,7 +101,9 @@ def _migration_opts(p: argparse.ArgumentParser) -> None:
 def add_parser(subparsers: Any) -> None:
     """Register ``vm``, ``incoming``, ``migrate`` and ``stream inspect``."""
     p = subparsers.add_parser("vm", help="a livemig VM process serving QMP on a unix socket")
-    p.add_argument("--qmp", required=True, metavar="unix:PATH", help="QMP socket")
+    p.add_argument("--qmp", required=True, action="append", metavar="unix:PATH",
+                   help="a QMP socket; repeatable, as QEMU's -qmp: each socket takes its "
+                        "own clients and every client gets every event")
     p.add_argument("--incoming", default=None, metavar="URI|defer",
                    help="wait for an incoming migration")
     p.add_argument("-S", dest="start_paused", action="store_true",
@@ -133,20 +137,32 @@ def _open_log(path: Optional[str]):
 def cmd_vm(args: argparse.Namespace) -> int:
     from livemig.engine.qmp import serve_vm
     from livemig.engine.vm import VM
-    if not args.qmp.startswith("unix:"):
-        raise UsageError(f"--qmp {args.qmp}: expected unix:PATH")
-    path = args.qmp[len("unix:"):]
+    paths = qmp_paths(args.qmp)
     vm = VM(incoming=args.incoming, start_paused=args.start_paused, log=_open_log(args.log),
             exit_on_error=True, **_vm_kwargs(args))
     signal.signal(signal.SIGTERM, lambda *_: vm.quit())
     try:
-        serve_vm(vm, path)
+        serve_vm(vm, paths)
     except OSError as exc:  # QEMU: "Failed to bind socket to PATH: <reason>"
-        raise UsageError(f"--qmp {args.qmp}: Failed to bind socket to {path}: "
+        path = exc.filename if exc.filename in paths else paths[0]
+        raise UsageError(f"--qmp unix:{path}: Failed to bind socket to {path}: "
                          f"{exc.strerror or exc}") from None
     finally:
         vm.close()
     return 0
+
+
+def qmp_paths(values: list[str]) -> list[str]:
+    """The socket paths of the ``--qmp unix:PATH`` options, each one once."""
+    paths: list[str] = []
+    for value in values:
+        if not value.startswith("unix:") or not value[len("unix:"):]:
+            raise UsageError(f"--qmp {value}: expected unix:PATH")
+        path = value[len("unix:"):]
+        if path in paths:
+            raise UsageError(f"--qmp {value}: given twice; each --qmp needs its own socket")
+        paths.append(path)
+    return paths
 
 
 def apply_options(vm: Any, caps: str, params: list[str]) -> None:

@@ -28,7 +28,7 @@ import json
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any, Optional, Sequence, Union
 
 from livemig.engine.vm import VM
 from livemig.errors import MigrationError
@@ -584,14 +584,24 @@ def check_request(msg: dict, allow_oob: bool, profile: Any) -> Union[QMPError,
 
 
 class QMPServer:
-    """Serves one VM on ``path`` (a unix socket)."""
+    """Serves one VM on one or more unix sockets (``path``: a path or a sequence).
 
-    def __init__(self, vm: VM, path: str) -> None:
+    Several sockets are QEMU's several ``-qmp`` options: each accepts its own
+    clients, and every negotiated client, on whichever socket, gets every event,
+    so e.g. ``livemig monitor`` can watch while a management tool drives."""
+
+    def __init__(self, vm: VM, path: Union[str, Sequence[str]]) -> None:
         self.vm = vm
-        self.path = path
+        self.paths: list[str] = [path] if isinstance(path, str) else list(path)
+        if not self.paths:
+            raise ValueError("QMPServer needs at least one socket path")
+        if len(set(self.paths)) != len(self.paths):
+            # binding the same path twice would unlink the first socket under its server
+            raise ValueError(f"QMP socket paths given twice: {self.paths}")
+        self.path = self.paths[0]
         self._clients: set[asyncio.StreamWriter] = set()
         self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._server: Optional[asyncio.base_events.Server] = None
+        self._servers: list[asyncio.base_events.Server] = []
         self.quit = asyncio.Event()
         vm.subscribe(self._on_event)
         vm.on_quit = self._on_quit
@@ -614,19 +624,36 @@ class QMPServer:
                 self._clients.discard(writer)
 
     async def serve(self) -> None:
-        """Serve until ``quit``."""
+        """Serve until ``quit``.
+
+        Every socket is bound before any client is served; when one cannot be,
+        the ones already bound are closed and removed, and the ``OSError`` is
+        raised with ``filename`` set to the path that failed."""
         self._loop = asyncio.get_running_loop()
-        if os.path.exists(self.path):
-            os.unlink(self.path)
-        self._server = await asyncio.start_unix_server(self._client, path=self.path)
-        async with self._server:
+        bound: list[str] = []
+        try:
+            for path in self.paths:
+                try:
+                    if os.path.exists(path):
+                        os.unlink(path)
+                    server = await asyncio.start_unix_server(self._client, path=path)
+                except OSError as exc:
+                    raise OSError(exc.errno, exc.strerror, path) from exc
+                self._servers.append(server)
+                bound.append(path)
             await self.quit.wait()
             # Let the quit reply and last events reach the clients.
             await asyncio.sleep(0.05)
-        try:
-            os.unlink(self.path)
-        except OSError:
-            pass
+        finally:
+            for server in self._servers:
+                server.close()
+            for server in self._servers:
+                await server.wait_closed()
+            for path in bound:
+                try:
+                    os.unlink(path)
+                except OSError:
+                    pass
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         greeting = {"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7},
@@ -715,7 +742,8 @@ def _allows_oob(profile: Any, name: str) -> bool:
         return False
 
 
-def serve_vm(vm: VM, path: str) -> None:
-    """Run the QMP server for ``vm`` until a ``quit`` command."""
+def serve_vm(vm: VM, path: Union[str, Sequence[str]]) -> None:
+    """Run the QMP server for ``vm`` on ``path`` (one socket path or several)
+    until a ``quit`` command."""
     server = QMPServer(vm, path)
     asyncio.run(server.serve())
