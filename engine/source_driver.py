@@ -58,6 +58,7 @@ from livemig.engine.runner import (
 from livemig.engine.source import Converged, Send, Wait
 from livemig.engine.stream import buffers_len
 from livemig.engine.threads import crash_text
+from livemig.engine.tls import TLSError
 from livemig.engine.transport import Uri
 from livemig.errors import MigrationError, ReturnPathError, StreamError
 
@@ -77,8 +78,12 @@ def error_text(exc: BaseException) -> str:
 
 
 def connect_error_text(profile: Any, uri: Uri, exc: OSError) -> str:
-    """error-desc of a channel that could not connect: QEMU names the address."""
+    """error-desc of a channel that could not connect.  A refused socket
+    connect names the address, as QEMU's inet/unix connect does; a TLS
+    failure on a connected socket is QEMU's TLS text as it stands."""
     reason = exc.strerror or str(exc)
+    if isinstance(exc, TLSError):
+        return reason
     if uri.protocol == "unix":
         return profile.qapi_error("connect_failed_unix") % (uri.path, reason)
     if uri.protocol == "tcp":
