@@ -28,6 +28,7 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from livemig.cli import UsageError
@@ -108,6 +109,9 @@ def add_parser(subparsers: Any) -> None:
                    help="wait for an incoming migration")
     p.add_argument("-S", dest="start_paused", action="store_true",
                    help="do not start the vCPU")
+    p.add_argument("--name", default=None, metavar="NAME",
+                   help="the VM's name, as QEMU's -name: what query-name and HMP "
+                        "'info name' answer")
     _common(p)
     p.set_defaults(func=cmd_vm)
 
@@ -139,7 +143,7 @@ def cmd_vm(args: argparse.Namespace) -> int:
     from livemig.engine.vm import VM
     paths = qmp_paths(args.qmp)
     vm = VM(incoming=args.incoming, start_paused=args.start_paused, log=_open_log(args.log),
-            exit_on_error=True, **_vm_kwargs(args))
+            exit_on_error=True, name=args.name, **_vm_kwargs(args))
     signal.signal(signal.SIGTERM, lambda *_: vm.quit())
     try:
         serve_vm(vm, paths)
@@ -240,32 +244,123 @@ def cmd_incoming(args: argparse.Namespace) -> int:
             a = info["socket-address"][0]
             where = f"tcp:{a['host']}:{a['port']}"
         console.print(f"[bold]listening[/] on {where}", highlight=False)
-        if not vm.wait_incoming_done(args.timeout):
+        if not run_incoming_progress(vm, console, timeout=args.timeout):
             console.print(f"[red]timed out[/]: no completed migration within --timeout "
-                          f"{args.timeout:g} s", highlight=False)
+                          f"{args.timeout:g} s; {received_text(received(vm))}",
+                          highlight=False)
             return 1
         info = vm.execute("query-migrate")
         status = info.get("status")
+        got = received(vm)
         if status != vm.st.completed:
-            console.print(f"[red]incoming migration {status}[/]: "
-                          f"{vm.incoming.error_desc if vm.incoming else ''}")
+            console.print(f"[red]incoming migration {status}[/] after "
+                          f"{received_text(got)}: "
+                          f"{vm.incoming.error_desc if vm.incoming else ''}", highlight=False)
             return 1
         vm.execute("stop")
         check = vm.execute("x-livemig-check-memory")
-        counters = vm.incoming.decoder.counters if vm.incoming else None
         if args.json:
-            print(json.dumps({"status": status, "memory-check": check,
-                              "pages": vars(counters) if counters else {}}))
+            counters = vm.incoming.decoder.counters if vm.incoming else None
+            pages = dict(vars(counters), multifd=got["multifd"]) if counters else {}
+            print(json.dumps({"status": status, "memory-check": check, "pages": pages}))
         else:
-            console.print(f"[green]completed[/]: {counters.normal} pages, "
-                          f"{counters.duplicate} zero pages; memory check "
-                          f"{'[green]passed[/]' if check['ok'] else '[red]FAILED[/]'} "
-                          f"({check['edges']} edge)")
+            console.print(f"[green]completed[/]: {got['pages']:,} pages, "
+                          f"{got['duplicate']:,} zero pages; {memory_check_text(check)}",
+                          highlight=False)
             for m in check["messages"]:
-                console.print(m)
+                console.print(m, highlight=False)
         return 0 if check["ok"] else 1
     finally:
         vm.close()
+
+
+def received(vm: Any) -> dict:
+    """What the destination has loaded so far, from its session's counters
+    (QEMU's destination query-migrate has no ram member to read it from):
+    ``pages`` carrying data (main channel, xbzrle, compressed and multifd),
+    ``multifd`` (of those, the multifd channels'), ``duplicate`` (zero pages)
+    and ``bytes`` (the data pages' guest bytes).  Re-sent pages count again,
+    as the source's transferred does."""
+    inc = vm.incoming
+    if inc is None:
+        return {"pages": 0, "multifd": 0, "duplicate": 0, "bytes": 0}
+    c = inc.decoder.counters
+    # the load thread appends channels and counts pages while we read: copy the
+    # list; each count is a plain int, read whole
+    multifd = sum(d.pages for d in list(inc.multifd))
+    pages = c.normal + c.xbzrle + c.compressed + multifd
+    return {"pages": pages, "multifd": multifd, "duplicate": c.duplicate,
+            "bytes": pages * vm.guest.page_size}
+
+
+def received_text(got: dict) -> str:
+    """``received(vm)`` in words, for the lines that end an incoming migration."""
+    return (f"receiving {got['bytes'] / 2**20:,.1f} MiB ({got['pages']:,} pages + "
+            f"{got['duplicate']:,} zero pages)")
+
+
+def memory_check_text(check: dict) -> str:
+    """``x-livemig-check-memory``'s verdict in words, saying what an edge is.
+
+    The guest's workload sweeps the pages from 1 MiB up in address order,
+    adding one to each page's first byte, round and round; so in the RAM of a
+    stopped guest every first byte equals its neighbour's except at most at one
+    *edge*, where the sweep stopped: the page after it is one behind.  QEMU's
+    check_guests_ram allows that one edge; anything else is a page lost or
+    left stale on the way."""
+    edges = check.get("edges", 0)
+    if check["ok"]:
+        where = ("1 edge: the page where the stopped guest's last sweep ended, one behind "
+                 "its neighbour, as QEMU's check_guests_ram allows" if edges == 1
+                 else "no edge: the guest stopped between two sweeps, or never ran")
+        return (f"memory check [green]passed[/]: every page as the source left it "
+                f"({where})")
+    return (f"memory check [red]FAILED[/]: {check.get('bad', '?')} pages out of the guest's "
+            f"sweep pattern (first bytes equal but for one edge, where a page is one behind "
+            f"its neighbour), i.e. lost or stale; {edges} edges seen")
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
+
+
+def run_incoming_progress(vm: Any, console: Any, *, timeout: float = 600.0) -> bool:
+    """A progress line for the incoming side until its load ends (True) or
+    ``timeout`` s pass (False): status, guest RAM received (data pages; the bar
+    is capped at the guest's pages, as re-sent pages count again), zero pages,
+    mean receive rate since the first data."""
+    from rich.progress import BarColumn, Progress, TextColumn
+    total = vm.guest.total_bytes()
+    page = vm.guest.page_size
+    columns = (TextColumn("[bold]{task.fields[status]:<10}"), BarColumn(bar_width=16),
+               TextColumn("{task.fields[data]}"), TextColumn("zero {task.fields[zero]}"),
+               TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[elapsed]}"))
+    start = time.monotonic()
+    deadline = start + timeout
+    first_data: Optional[float] = None  # when data first arrived: the rate is the mean since
+    with Progress(*columns, console=console, transient=False) as progress:
+        # rich's elapsed column stops when the bar is full, which re-sent pages reach
+        # early: the time is a field of its own
+        task = progress.add_task("incoming", total=total // page, status="", data="",
+                                 zero="", rate="", elapsed="")
+        while True:
+            # one bounded tick: the load thread's end, or 0.2 s
+            done = vm.wait_incoming_done(0.2)
+            got, now = received(vm), time.monotonic()
+            if first_data is None and got["bytes"]:
+                first_data = now
+            rate = got["bytes"] / max(now - first_data, 1e-3) if first_data is not None else 0
+            progress.update(
+                task, completed=min(total // page, got["pages"] + got["duplicate"]),
+                status=vm.execute("query-migrate").get("status", ""),
+                data=f"{got['bytes'] / 2**20:,.0f}/{total / 2**20:,.0f} MiB",
+                zero=f"{got['duplicate']:,} pg", rate=f"{rate / 1e6:,.0f} MB/s",
+                elapsed=_clock(now - start))
+            if done:
+                return True
+            if now > deadline:
+                return False
 
 
 def _start_postcopy(vm: Any, console: Any) -> None:
@@ -294,11 +389,12 @@ def cmd_migrate(args: argparse.Namespace) -> int:
             timer = threading.Timer(args.postcopy_after, _start_postcopy, (vm, console))
             timer.daemon = True
             timer.start()
-        info = run_progress(vm, console, timeout=args.timeout, interrupted=interrupted)
+        outcome = watch_progress(vm, console, timeout=args.timeout, interrupted=interrupted)
+        info = outcome.info
         if args.json:
             print(json.dumps(info, indent=2))
         else:
-            print_summary(console, info, vm.st.completed)
+            print_summary(console, info, vm.st.completed, outcome.ram)
         if interrupted.is_set():
             return 130
         return 0 if info.get("status") == vm.st.completed else 1
@@ -307,9 +403,27 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         vm.close()
 
 
+@dataclass
+class Outcome:
+    """How a migration ended, as :func:`watch_progress` saw it."""
+
+    #: the final query-migrate
+    info: dict
+    #: the last ram counters seen: the final info's, or, where the final info has
+    #: none (QEMU shows only the status of a failed or cancelled migration), the
+    #: last ones before it ended
+    ram: dict = field(default_factory=dict)
+
+
 def run_progress(vm: Any, console: Any, *, timeout: float = 600.0,
                  interrupted: Optional[threading.Event] = None) -> dict:
-    """Show a rich progress bar until the migration ends; returns the final info.
+    """:func:`watch_progress`'s final info (for callers that need no more)."""
+    return watch_progress(vm, console, timeout=timeout, interrupted=interrupted).info
+
+
+def watch_progress(vm: Any, console: Any, *, timeout: float = 600.0,
+                   interrupted: Optional[threading.Event] = None) -> Outcome:
+    """Show a rich progress bar until the migration ends; returns how it ended.
 
     After ``timeout`` s, or once ``interrupted`` is set (Ctrl-C), it says so and
     cancels the migration (:func:`cancel`)."""
@@ -321,12 +435,14 @@ def run_progress(vm: Any, console: Any, *, timeout: float = 600.0,
                TextColumn("exp. downtime {task.fields[downtime]}"), TimeElapsedColumn())
     deadline = time.monotonic() + timeout
     terminal = vm.st.terminal
+    last_ram: dict = {}
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("migrate", total=total, status=vm.st.setup, xfer="", rate="",
                                  dirty="", downtime="", **{"pass": 0})
         while True:
             info = vm.execute("query-migrate")
-            ram = info.get("ram", {})
+            # a failed or cancelled info has no ram: keep showing what was sent
+            ram = last_ram = info.get("ram") or last_ram
             sent = ram.get("transferred", 0)
             progress.update(
                 task, completed=min(total, total - ram.get("remaining", total)) if ram else 0,
@@ -340,7 +456,8 @@ def run_progress(vm: Any, console: Any, *, timeout: float = 600.0,
                 if info.get("status") == vm.st.completed:
                     progress.update(task, completed=total)
                 vm.wait_outgoing_done(30)
-                return vm.execute("query-migrate")
+                final = vm.execute("query-migrate")
+                return Outcome(final, final.get("ram") or last_ram)
             why = ("interrupted (Ctrl-C)" if interrupted is not None and interrupted.is_set()
                    else f"timed out: not completed within --timeout {timeout:g} s"
                    if time.monotonic() > deadline else None)
@@ -348,7 +465,10 @@ def run_progress(vm: Any, console: Any, *, timeout: float = 600.0,
                 progress.stop()
                 console.print(f"{why}; cancelling the migration (migrate_cancel)",
                               highlight=False, soft_wrap=True)
-                return cancel(vm, console)
+                # the counters just before the cancel: afterwards query-migrate has none
+                last_ram = vm.execute("query-migrate").get("ram") or last_ram
+                final = cancel(vm, console)
+                return Outcome(final, final.get("ram") or last_ram)
             vm.src_cell.wait_for(lambda s: s in terminal, 0.2)
 
 
@@ -361,8 +481,17 @@ def cancel(vm: Any, console: Any) -> dict:
     return vm.execute("query-migrate")
 
 
-def print_summary(console: Any, info: dict, completed: str) -> None:
-    """A final summary of a MigrationInfo (``completed``: the profile's name for it)."""
+def _passes(n: int) -> str:
+    return f"{n} pass" if n == 1 else f"{n} passes"
+
+
+def print_summary(console: Any, info: dict, completed: str,
+                  last_ram: Optional[dict] = None) -> None:
+    """A final summary of a MigrationInfo (``completed``: the profile's name for it).
+
+    ``last_ram``: the last ram counters seen before the end (:class:`Outcome`),
+    said as what was sent when the final info has none, as for a failed or
+    cancelled migration."""
     ram = info.get("ram", {})
     status = info.get("status")
     colour = "green" if status == completed else "red"
@@ -374,6 +503,15 @@ def print_summary(console: Any, info: dict, completed: str) -> None:
                       f"{ram.get('normal', 0):,} pages + {ram.get('duplicate', 0):,} zero pages, "
                       f"{ram.get('dirty-sync-count', 0)} passes, downtime "
                       f"{info.get('downtime', '?')} ms", highlight=False)
+    elif last_ram:
+        total = last_ram.get("total", 0) / 2**20
+        console.print(f": sent {last_ram.get('transferred', 0) / 2**20:,.1f} MiB "
+                      f"(of {total:,.0f} MiB of RAM) before it ended: "
+                      f"{last_ram.get('normal', 0):,} pages + "
+                      f"{last_ram.get('duplicate', 0):,} zero pages, "
+                      f"{_passes(last_ram.get('dirty-sync-count', 0))} "
+                      f"(the last counters query-migrate showed)", highlight=False,
+                      soft_wrap=True)
     else:
         console.print()
     if info.get("error-desc"):

@@ -156,7 +156,8 @@ def test_ctrl_c_cancels_the_migration_waits_for_cancelled_and_says_so(tmp_path):
         inc.communicate()
     assert mig.returncode == 130, (out, err)
     assert "interrupted (Ctrl-C); cancelling the migration (migrate_cancel)" in out.splitlines()
-    assert out.splitlines()[-1] == "cancelled"
+    # the summary: the status, then what was sent before the cancel
+    assert out.splitlines()[-1].startswith("cancelled: sent "), out
     assert _statuses(seen + err.splitlines())[-2:] == ["cancelling", "cancelled"]
 
 
@@ -171,5 +172,6 @@ def test_timeout_says_it_cancelled_and_why(tmp_path):
     assert mig.returncode == 1
     assert ("timed out: not completed within --timeout 1 s; cancelling the migration "
             "(migrate_cancel)") in out.splitlines()
-    assert out.splitlines()[-1] == "cancelled"
+    # the summary: the status, then what was sent before the cancel
+    assert out.splitlines()[-1].startswith("cancelled: sent "), out
     assert _statuses(err.splitlines())[-1] == "cancelled"

@@ -119,3 +119,13 @@ def test_a_second_qmp_socket_it_cannot_bind_is_named_and_the_first_removed(tmp_p
         "livemig: error: --qmp unix:/nonexistent-dir/y.qmp: Failed to bind socket to "
         "/nonexistent-dir/y.qmp: No such file or directory"]
     assert not os.path.exists(good)
+
+
+def test_name_is_what_query_name_and_info_name_answer(tmp_path, vm_pair):
+    named = vm_pair([tmp_path / "named.qmp"], "--name", "guest-7")
+    client = named.clients[0]
+    assert client.command("query-name") == {"name": "guest-7"}
+    assert client.command("human-monitor-command",
+                          {"command-line": "info name"}) == "guest-7\r\n"
+    unnamed = vm_pair([tmp_path / "unnamed.qmp"]).clients[0]
+    assert unnamed.command("query-name") == {}  # QEMU without -name: no member
