@@ -230,7 +230,7 @@ def check_postcopy_caps(profile: Any, caps: dict) -> None:
 def cmd_incoming(args: argparse.Namespace) -> int:
     from rich.console import Console
     from livemig.engine.vm import VM
-    console = Console(stderr=args.json)
+    console = Console(stderr=args.json, soft_wrap=True)  # a line is one line: for logs and grep
     check_uri(load_profile(args.profile), args.uri)
     vm = VM(incoming="defer", log=_open_log(args.log), **_vm_kwargs(args))
     failed = threading.Event()
@@ -373,7 +373,7 @@ def _start_postcopy(vm: Any, console: Any) -> None:
 def cmd_migrate(args: argparse.Namespace) -> int:
     from rich.console import Console
     from livemig.engine.vm import VM
-    console = Console(stderr=args.json)
+    console = Console(stderr=args.json, soft_wrap=True)  # a line is one line: for logs and grep
     check_uri(load_profile(args.profile), args.uri)
     vm = VM(log=_open_log(args.log), **_vm_kwargs(args))
     # Ctrl-C only sets a flag the progress loop reads (a KeyboardInterrupt
