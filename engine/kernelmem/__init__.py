@@ -10,7 +10,8 @@
 * :mod:`~livemig.engine.kernelmem.mapping` -- shmem RAM (a memfd mapped
   shared) and discards that really drop pages;
 * :mod:`~livemig.engine.kernelmem.backend` -- the two together as a guest's
-  RAM backend (what ``Guest(memory="kernel")`` uses);
+  RAM backend (what ``Guest(memory="kernel")`` uses; its ``available()`` asks
+  for both halves, :func:`~livemig.engine.kernelmem.backend.resolve` picks);
 * :mod:`~livemig.engine.kernelmem.abi` -- the kernel's numbers (ioctls,
   feature bits, struct layouts): the one constants module of this package.
 
@@ -32,6 +33,12 @@ _EXPORTS: dict[str, str] = {
     "WPAsyncDirtyLog": "dirtylog",
     "SoftDirtyLog": "dirtylog",
     "open_dirty_log": "dirtylog",
+    "KernelMemory": "backend",
+    "PostcopyRAM": "backend",
+    "MemoryChoice": "backend",
+    "MemoryUnavailable": "backend",
+    "MEMORY_CHOICES": "backend",
+    "touch_pages": "backend",
 }
 
 __all__ = sorted(_EXPORTS)
