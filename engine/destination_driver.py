@@ -19,7 +19,12 @@ or on the fake link.
   it waits until every channel has reached the same SYNC (:class:`SyncPoints`).
 * A postcopy *fault* (:meth:`DestinationDriver.fault`, called on the vCPU's
   own thread) asks the session for the request bytes, sends them at once,
-  and waits until the pages are placed -- the session never blocks.
+  and waits until the pages are placed -- the session never blocks.  With
+  the kernel memory backend the kernel stops the thread itself and the
+  backend's fault thread calls :meth:`DestinationDriver.kernel_fault`, which
+  sends the requests and returns (the COPY that places a page wakes it).
+  A fault thread that fails fails the migration
+  (:meth:`DestinationDriver._fault_crashed`), never leaves it waiting.
 
 Rules:
 
@@ -96,6 +101,10 @@ class DestinationDriver:
         session.on_pages_placed = runner.wake
         session.on_rp_data = self._flush_rp
         session.before_finish = self._multifd_check
+        session.on_kernel_fault = self.kernel_fault
+        session.on_fault_crash = self._fault_crashed
+        #: the kernel fault thread's failure (it ends the load: no pause)
+        self.fault_error: Optional[str] = None
 
     # ------------------------------------------------------------ control
     def start(self) -> None:
@@ -145,6 +154,34 @@ class DestinationDriver:
         self.rt.block_until(lambda: s.closed or s.present(block_name, first, last),
                             self.rt.fault_timeout)
         return s.present(block_name, first, last)
+
+    def kernel_fault(self, block_name: str, pages: Any) -> None:
+        """The kernel stopped threads on ``pages`` (sorted) of ``block_name``:
+        request the missing ones on the return path, in runs, and return (on
+        a paused channel they are kept and re-sent after RESUME)."""
+        s = self.session
+        pages = [int(p) for p in pages]
+        runs: list[tuple[int, int]] = []
+        for p in pages:
+            if runs and runs[-1][1] == p:
+                runs[-1] = (runs[-1][0], p + 1)
+            else:
+                runs.append((p, p + 1))
+        with self.lock:  # requests leave in order, as in fault()
+            self._send_rp(b"".join(s.request_pages(block_name, a, b) for a, b in runs))
+
+    def _fault_crashed(self, text: str) -> None:
+        """The kernel fault thread's net: fail the migration with its text (the
+        load thread, woken by the shut channel, ends without pausing; if the
+        migration is paused now, it fails once recovered)."""
+        self.fault_error = text
+        with self.lock:
+            failed = self.session.fault_failed(text)
+            if failed:
+                self._send_rp(self.session.data_to_send())
+        if failed and self.chan is not None:
+            self.chan.shutdown()
+        self.rt.wake()
 
     def failure_text(self, exc: BaseException) -> str:
         """error-desc of a load that ended by ``exc``: the transport's or the
@@ -212,7 +249,7 @@ class DestinationDriver:
                     yield from self._load()
                     break
                 except (OSError, MigrationError) as exc:
-                    if not (s.in_postcopy and s.can_pause) or self.aborted:
+                    if not (s.in_postcopy and s.can_pause) or self.aborted or self.fault_error:
                         raise
                     if not s.pause(error_text(exc)) and s.cell.state != s.pst.recover:
                         raise
@@ -225,7 +262,10 @@ class DestinationDriver:
             self._flush_rp()
             return True
         except Exception as exc:  # noqa: BLE001 - a bug too fails the load (SHUT 1)
-            s.load_failed(self.failure_text(exc))
+            if self.fault_error is not None:
+                s.fault_failed(self.fault_error)  # not a pause: no fault is served
+            else:
+                s.load_failed(self.failure_text(exc))
             self._flush_rp()
             return False
 
@@ -253,6 +293,8 @@ class DestinationDriver:
                     got += more
             s.buffer_updated(got)
             self._flush_rp()
+            if self.fault_error is not None and s.cell.state == s.pst.active:
+                raise StreamError(self.fault_error)  # failed while paused: fail now
             if s.run_requested and not started:
                 started = True
                 self.rt.postcopy_started()

@@ -29,6 +29,7 @@ current batch, so a stopped guest has exactly one "edge".
 """
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import sys
@@ -36,10 +37,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import numpy as np
 
+from livemig.engine.kernelmem.backend import KernelMemory, MemoryChoice, resolve, touch_pages
 from livemig.engine.layouts import Codec, layouts
 from livemig.engine.threads import spawn
 from livemig.errors import StreamError
@@ -54,6 +56,9 @@ RUN_FINISH_MIGRATE = "finish-migrate"
 RUN_POSTMIGRATE = "postmigrate"
 
 FILLS = ("random", "zero", "pattern")
+
+if TYPE_CHECKING:
+    from livemig.engine.kernelmem.mapping import SharedMemory
 
 
 def parse_size(text: str | int) -> int:
@@ -73,7 +78,8 @@ class RAMBlock:
     """One RAM block: ``name`` (QEMU's idstr, e.g. ``pc.ram``) and its pages."""
 
     def __init__(self, name: str, size: int, page_size: int = 4096, *,
-                 path: Optional[str] = None, populate: bool = False) -> None:
+                 path: Optional[str] = None, populate: bool = False,
+                 shared: Optional["SharedMemory"] = None) -> None:
         if size <= 0 or size % page_size:
             raise ValueError(f"RAM block {name!r}: size {size} is not a positive multiple "
                              f"of the page size {page_size}")
@@ -81,7 +87,11 @@ class RAMBlock:
         self.used_length = size
         self.page_size = page_size
         self.npages = size // page_size
-        if path is not None:
+        #: the kernel backend's shmem (None: anonymous or file memory)
+        self.shared = shared
+        if shared is not None:
+            self._mmap = shared.mmap
+        elif path is not None:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
             try:
                 if os.fstat(fd).st_size < size:
@@ -120,6 +130,9 @@ class RAMBlock:
             view[:] = rng.integers(0, 1 << 63, size=view.shape, dtype=np.uint64)
 
     def close(self) -> None:
+        if self.shared is not None:
+            self.shared.close()
+            return
         try:
             self._mmap.close()
         except BufferError:  # numpy views still alive: the GC will do it
@@ -173,6 +186,12 @@ class Guest:
 
     ``ram_size`` goes to block ``pc.ram``; ``extra_blocks`` adds small named
     blocks (by default ``/rom@etc/acpi/tables``-like ``small.ram`` of 128 KiB).
+
+    ``memory`` is the RAM backend (:mod:`livemig.engine.kernelmem.backend`):
+    ``"simulated"`` (the default: the vCPU logs its writes and asks before it
+    touches a postcopy page), ``"kernel"`` (shmem, the kernel's dirty log and
+    userfaultfd; :class:`~livemig.engine.kernelmem.backend.MemoryUnavailable`
+    naming why where it cannot run) or ``"auto"`` (kernel where it can run).
     """
 
     def __init__(self, ram_size: int, *, page_size: int = 4096, fill: str = "random",
@@ -180,15 +199,27 @@ class Guest:
                  mem_path: Optional[str] = None, workload_rate: float = 20000.0,
                  workload_start: int = MiB, workload_end: int = 100 * MiB,
                  batch: int = 64, run_state: str = RUN_PAUSED, populate: bool = False,
-                 vcpu_thread: bool = True) -> None:
+                 vcpu_thread: bool = True, memory: str = "simulated") -> None:
         self.page_size = page_size
         self.vcpu_thread = vcpu_thread
+        #: what ``memory`` resolved to (kind, dirty log, why not kernel)
+        self.memory: MemoryChoice = resolve(memory, mem_path=mem_path)
+        #: the kernel backend, or None for the simulated one
+        self.kernel: Optional[KernelMemory] = (
+            KernelMemory(page_size, self.memory.dirty_log) if self.memory.kind == "kernel"
+            else None)
         self.blocks: dict[str, RAMBlock] = {}
-        self.blocks["pc.ram"] = RAMBlock("pc.ram", ram_size, page_size, path=mem_path,
-                                         populate=populate)
-        for name, size in (extra_blocks if extra_blocks is not None
-                           else {"small.ram": 128 * 1024}).items():
-            self.blocks[name] = RAMBlock(name, size, page_size, populate=populate)
+        sizes = {"pc.ram": ram_size}
+        sizes.update(extra_blocks if extra_blocks is not None else {"small.ram": 128 * 1024})
+        for name, size in sizes.items():
+            shared = None
+            if self.kernel is not None:
+                if size <= 0 or size % page_size:  # RAMBlock's own check says it
+                    RAMBlock(name, size, page_size)
+                shared = self.kernel.new_block_memory(name, size)
+            self.blocks[name] = RAMBlock(name, size, page_size, populate=populate,
+                                         path=mem_path if name == "pc.ram" else None,
+                                         shared=shared)
         for i, block in enumerate(self.blocks.values()):
             block.fill(fill, seed + i)
         self.dirty_lock = threading.Lock()
@@ -233,7 +264,13 @@ class Guest:
         """OR every block's dirty log into ``bitmaps`` and clear the logs; returns
         the number of pages newly dirty (QEMU's migration_bitmap_sync)."""
         new = 0
-        with self.dirty_lock:
+        kernel = self.kernel
+        # soft-dirty is not atomic with its reset: the vCPU is kept out
+        outer = self._batch_lock if kernel is not None and not kernel.atomic \
+            else contextlib.nullcontext()
+        with outer, self.dirty_lock:
+            if kernel is not None:  # the kernel's log first: the writes of any thread
+                kernel.collect({name: b.dirty_log for name, b in self.blocks.items()})
             for name, block in self.blocks.items():
                 log = block.dirty_log
                 bm = bitmaps[name]
@@ -243,7 +280,10 @@ class Guest:
         return new
 
     def clear_dirty_log(self) -> None:
+        """Start the log afresh (a migration's setup: every page is dirty)."""
         with self.dirty_lock:
+            if self.kernel is not None:
+                self.kernel.arm()
             for block in self.blocks.values():
                 block.dirty_log[:] = False
 
@@ -312,6 +352,8 @@ class Guest:
         self._vcpu_running = False
         with self._run_lock:
             self._run_lock.notify_all()
+        if self.kernel is not None:
+            self.kernel.close()  # unregister first: a vCPU asleep on a fault wakes
         if self._thread is not None:
             self._thread.join(5)
         for b in self.blocks.values():
@@ -335,6 +377,8 @@ class Guest:
         """One batch of the workload: pages [a, b) of the range, then the log.
         False when the fault hook refused (postcopy: pages still missing) or
         the vCPU stopped meanwhile."""
+        if self.kernel is not None:
+            return self._kernel_batch(a, b)
         hook = self.fault_hook
         if hook is not None and not hook(a, b):
             return False
@@ -349,6 +393,30 @@ class Guest:
             first, last = self.work_range
             self._cursor = first if b >= last else b
         return True
+
+    def _kernel_batch(self, a: int, b: int) -> bool:
+        """The batch as a guest that knows nothing of migration runs it: plain
+        loads and stores into its RAM.  The kernel logs them (source) or stops
+        the thread on a missing page until postcopy placed it (destination)."""
+        with self._batch_lock:
+            if not self._vcpu_running:
+                return False
+            ram = self.ram
+            assert ram.shared is not None
+            touch_pages(ram.shared.address, a, b, self.page_size)
+            self.pages_written += b - a
+            first, last = self.work_range
+            self._cursor = first if b >= last else b
+        return True
+
+    def memory_info(self) -> dict:
+        """The x-livemig-memory member of query-migrate: which backend."""
+        if self.kernel is not None:
+            return self.kernel.info()
+        out: dict = {"backend": self.memory.kind}
+        if self.memory.reason:
+            out["kernel-unavailable"] = self.memory.reason
+        return out
 
     def step_workload(self, batches: int = 1) -> int:
         """Run ``batches`` batches now, on the caller's thread (a guest made

@@ -67,7 +67,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, ContextManager, Optional
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Optional
 
 import numpy as np
 
@@ -86,6 +86,9 @@ from livemig.engine.stream import (
 from livemig.engine.wire import wire_tables
 from livemig.errors import ReturnPathError, StreamError
 from livemig.spec.schema import Profile
+
+if TYPE_CHECKING:
+    from livemig.engine.kernelmem.backend import PostcopyRAM
 
 # Rules: no threads, sockets, locks or sleeps here.  The sessions are owned
 # by one driver thread each; what another thread may touch is said where it
@@ -586,6 +589,23 @@ class PostcopyStreamDecoder(StreamDecoder):
         #: of the same buffer is loaded (a DISCARD must not zero a page that
         #: follows it); gets the command and the events parsed so far
         self.on_command: Optional[Callable[[CommandReceived, list[Event]], bool]] = None
+        #: the kernel backend's userfaultfd side: once it is registered
+        #: (LISTEN), pages are placed by UFFDIO_COPY/ZEROPAGE, never stored
+        self.kernel: Optional["PostcopyRAM"] = None
+
+    def _write_pages(self, block: RAMBlock, idx: np.ndarray, data: np.ndarray) -> None:
+        kernel = self.kernel
+        if kernel is not None and kernel.registered:
+            kernel.copy(block.name, idx, data, self.received[block.name])  # type: ignore[index]
+        else:
+            block.pages[idx] = data
+
+    def _fill_pages(self, block: RAMBlock, idx: np.ndarray, fill: np.ndarray) -> None:
+        kernel = self.kernel
+        if kernel is not None and kernel.registered:
+            kernel.fill(block.name, idx, fill, self.received[block.name])  # type: ignore[index]
+        else:
+            block.pages[idx] = fill[:, None]
 
     def _vmdesc_follows(self) -> bool:
         return super()._vmdesc_follows() and not self.placing  # none after postcopy
@@ -618,7 +638,7 @@ class PostcopyStreamDecoder(StreamDecoder):
             fresh = ~self.received[block.name][idx]  # type: ignore[index]
             idx, data = idx[fresh], data[fresh]
         if idx.size:
-            block.pages[idx] = data
+            self._write_pages(block, idx, data)
             self._placed(block, idx)
         self.counters.normal += len(rec)
         self._consumed(rec)
@@ -638,7 +658,7 @@ class PostcopyStreamDecoder(StreamDecoder):
             fresh = ~self.received[block.name][idx]  # type: ignore[index]
             idx, fill = idx[fresh], fill[fresh]
         if idx.size:
-            block.pages[idx] = fill[:, None]
+            self._fill_pages(block, idx, fill)
             self._placed(block, idx)
         self.counters.duplicate += len(rec)
         self._consumed(rec)
@@ -651,6 +671,11 @@ class PostcopyStreamDecoder(StreamDecoder):
         flags = hdr & self._mask
         kind = flags & ~w.f_continue
         if kind not in (w.f_page, w.f_zero):
+            if (self.kernel is not None and self.kernel.registered
+                    and kind in (w.f_xbzrle, w.f_compress)):
+                # decoding stores into registered RAM: it would sleep on its own fault
+                raise StreamError(f"a RAM record with flags {kind:#x} in postcopy: the kernel "
+                                  f"memory backend places only pages and zero pages")
             # Other records (EOS, setup, XBZRLE, compressed): the precopy path,
             # then mark the page received if one was written.
             super()._one_record(hdr, events)
@@ -671,8 +696,12 @@ class PostcopyStreamDecoder(StreamDecoder):
         self._check_offset(block, addr)
         page = addr // self.page_size
         if not (self.placing and self.received[block.name][page]):  # type: ignore[index]
-            block.pages[page] = fill if payload is None else payload
-            self._placed(block, np.array([page]))
+            one = np.array([page])
+            if payload is None:
+                self._fill_pages(block, one, np.array([fill], dtype=np.uint8))
+            else:
+                self._write_pages(block, one, np.frombuffer(payload, np.uint8).reshape(1, -1))
+            self._placed(block, one)
         if payload is None:
             self.counters.duplicate += 1
         else:
@@ -789,6 +818,15 @@ class PostcopyDestination(DestinationMigration):
         self.package_remaining: Optional[int] = None
         self.closed = False
         self.warning: Optional[str] = None
+        #: the kernel memory backend's userfaultfd side (None: simulated RAM)
+        self.kernel: Optional["PostcopyRAM"] = (
+            guest.kernel.postcopy_ram() if guest.kernel is not None else None)
+        self.decoder.kernel = self.kernel
+        #: the driver's: send page requests for (block, sorted pages) the
+        #: kernel reported faults on (called on the fault thread; never blocks)
+        self.on_kernel_fault: Optional[Callable[[str, np.ndarray], None]] = None
+        #: the driver's: the fault thread ended by an exception (its text)
+        self.on_fault_crash: Optional[Callable[[str], None]] = None
 
     def _new_block(self, block: RAMBlock) -> None:
         """A block the source declared and this side lacked (a QEMU machine)."""
@@ -884,11 +922,19 @@ class PostcopyDestination(DestinationMigration):
             if start % ps or length % ps or start + length > block.used_length:
                 raise StreamError(w.error("ram_bad_offset", start))
             a, b = start // ps, (start + length) // ps
-            block.pages[a:b] = 0
+            if self.kernel is not None:
+                self.kernel.discard(name, a, b)  # dropped: a touch after LISTEN faults
+            else:
+                block.pages[a:b] = 0
             self.received[name][a:b] = False
 
     def _cmd_postcopy_listen(self, payload: bytes) -> None:
         self.pc.handle("listen")
+        if self.kernel is not None:
+            # QEMU registers guest RAM with userfaultfd here too
+            # (postcopy_ram_incoming_setup): from now on a missing page faults
+            self.kernel.listen(self.received)
+            self.kernel.start_faults(self._kernel_fault, self.received, self._fault_crash)
         self.decoder.placing = True
         self.listening_started = True
         self.cell.fire(DROW["listen"])
@@ -963,6 +1009,32 @@ class PostcopyDestination(DestinationMigration):
         self._rp_out += self.request_pages(block_name, first, last)
         return False
 
+    def _kernel_fault(self, name: str, pages: np.ndarray) -> None:
+        if self.on_kernel_fault is None:
+            raise StreamError("postcopy: a page fault and no driver to request the page")
+        self.on_kernel_fault(name, pages)
+
+    def _fault_crash(self, text: str) -> None:
+        if self.on_fault_crash is not None:
+            self.on_fault_crash(text)
+        else:
+            self.fault_failed(text)
+
+    def fault_failed(self, text: str) -> bool:
+        """The fault thread failed: no fault would be served any more, so the
+        migration fails (postcopy-active -> failed, the listen thread's row;
+        a pause would leave every faulting thread asleep).  False if the
+        state was not postcopy-active (paused: the load thread fails it after
+        the recovery, when it sees the error).  Sleeping threads wake."""
+        self.error_desc = f"load of migration failed: {text}"
+        ok = self.cell.fire(DROW["listen_failed"])
+        if ok:
+            if self.return_path:
+                self._rp_out += encode_u32(self.profile, "SHUT", 1)
+            if self.kernel is not None:
+                self.kernel.close()
+        return ok
+
     def _on_placed(self, block: RAMBlock, idx: np.ndarray) -> None:
         with self.exclusive:
             self.requests.placed(block.name, idx, self.clock())
@@ -972,6 +1044,8 @@ class PostcopyDestination(DestinationMigration):
     def close(self) -> None:
         """Release every vCPU waiting for a page (shutdown)."""
         self.closed = True
+        if self.kernel is not None:
+            self.kernel.close()  # unregistered: threads asleep on a fault wake
         if self.on_pages_placed is not None:
             self.on_pages_placed()
 
@@ -981,6 +1055,8 @@ class PostcopyDestination(DestinationMigration):
         if not self.listening_started:
             return super().load_finished()
         self.pc.handle("end")
+        if self.kernel is not None:
+            self.kernel.end()  # every page is placed: the registration goes
         ok = self.cell.fire(DROW["listen_completed"])
         if self.return_path:
             self._rp_out += encode_u32(self.profile, "SHUT", 0)
@@ -994,6 +1070,8 @@ class PostcopyDestination(DestinationMigration):
         if self.pc.state == self._ps_running and self.caps.get("postcopy-ram"):
             return self.pause(message)
         self.error_desc = f"load of migration failed: {message}"
+        if self.kernel is not None:
+            self.kernel.close()  # no page will come: threads asleep on one wake
         return self.cell.fire(DROW["listen_failed"])
 
     @property
@@ -1025,6 +1103,7 @@ class PostcopyDestination(DestinationMigration):
         dec.on_placed = self._on_placed
         dec.on_command = self._command_now
         dec.on_new_block = self._new_block
+        dec.kernel = old.kernel
         dec.counters = old.counters
         assert dec._state == _S_TOP
         self.decoder = dec

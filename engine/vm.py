@@ -79,7 +79,8 @@ class VM:
                  exit_on_error: bool = False, mem_path: Optional[str] = None,
                  extra_blocks: Optional[dict[str, int]] = None, seed: int = 0,
                  transport: Optional[SocketTransport] = None, vcpu_thread: bool = True,
-                 machine: Optional[str] = None, name: Optional[str] = None) -> None:
+                 machine: Optional[str] = None, name: Optional[str] = None,
+                 memory: str = "simulated") -> None:
         self.profile = load_profile(profile)
         #: QEMU's ``-name``: what query-name and ``info name`` answer
         self.name = name
@@ -98,7 +99,7 @@ class VM:
                            workload_rate=workload_rate, mem_path=mem_path,
                            extra_blocks=self._blocks_for_machine(extra_blocks), seed=seed,
                            populate=incoming is not None or mem_path is not None,
-                           vcpu_thread=vcpu_thread)
+                           vcpu_thread=vcpu_thread, memory=memory)
         self.guest.on_run_state = self._run_state_changed
         self.source: Optional[SourceMigration] = None
         self._src_driver: Optional[SourceDriver] = None
@@ -612,6 +613,7 @@ class VM:
                 info["socket-address"] = self._incoming_address
         if dst_state != st.none:
             info["status"] = dst_state
+            self._memory_member(info)
         inc = self.incoming
         if isinstance(inc, PostcopyDestination) and inc.in_postcopy:
             # livemig extension: the fault round trip (request -> placed)
@@ -634,7 +636,16 @@ class VM:
             value = self._info_value(member.name, s, src_state)
             if value is not None:
                 info[member.name] = value
+        self._memory_member(info)
         return info
+
+    def _memory_member(self, info: dict) -> None:
+        """livemig extension: which RAM backend moves (x-livemig-memory); not
+        shown for the default simulated one, so the default's query-migrate is
+        QEMU's members only."""
+        memory = self.guest.memory
+        if memory.kind != "simulated" or memory.asked != "simulated":
+            info["x-livemig-memory"] = self.guest.memory_info()
 
     def _info_states(self, names: tuple[str, ...]) -> frozenset[str]:
         out: set[str] = set()
