@@ -64,7 +64,24 @@ def _vm_kwargs(args: argparse.Namespace) -> dict:
     return dict(ram_size=ram_size(load_profile(args.profile), args.ram),
                 fill="zero" if args.mem_path else args.fill, workload_rate=args.workload,
                 profile=args.profile, uuid=getattr(args, "uuid", None), mem_path=args.mem_path,
-                machine=args.machine)
+                machine=args.machine, memory=memory_backend(args.memory, args.mem_path))
+
+
+def memory_backend(memory: str, mem_path: Optional[str]) -> str:
+    """``--memory``: a kernel backend this kernel cannot run is refused here,
+    in one line naming why (before any VM exists)."""
+    from livemig.engine.kernelmem.backend import MemoryUnavailable, resolve
+    try:
+        resolve(memory, mem_path=mem_path)
+    except MemoryUnavailable as exc:
+        raise UsageError(f"--memory {memory}: {exc.strerror}") from None
+    return memory
+
+
+def memory_text(vm: Any) -> str:
+    """The RAM backend in a word or two, for the progress line."""
+    m = vm.guest.memory
+    return f"{m.kind} ({m.dirty_log})" if m.kind == "kernel" and m.dirty_log else m.kind
 
 
 def _common(p: argparse.ArgumentParser, *, fill: bool = True) -> None:
@@ -88,6 +105,11 @@ def _common(p: argparse.ArgumentParser, *, fill: bool = True) -> None:
     p.add_argument("--mem-path", default=None, metavar="FILE",
                    help="back pc.ram with this file (shared mapping, like QEMU's "
                         "memory-backend-file share=on); its content is the RAM")
+    p.add_argument("--memory", choices=("kernel", "simulated", "auto"), default="simulated",
+                   help="guest RAM backend: kernel (shmem; dirty pages from the kernel, "
+                        "postcopy faults through userfaultfd; needs root or "
+                        "vm.unprivileged_userfaultfd=1), simulated (the vCPU logs its writes), "
+                        "auto (kernel where available); default simulated")
 
 
 def _migration_opts(p: argparse.ArgumentParser) -> None:
@@ -335,7 +357,8 @@ def run_incoming_progress(vm: Any, console: Any, *, timeout: float = 600.0) -> b
     page = vm.guest.page_size
     columns = (TextColumn("[bold]{task.fields[status]:<10}"), BarColumn(bar_width=16),
                TextColumn("{task.fields[data]}"), TextColumn("zero {task.fields[zero]}"),
-               TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[elapsed]}"))
+               TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[elapsed]}"),
+               TextColumn("memory " + memory_text(vm)))
     start = time.monotonic()
     deadline = start + timeout
     first_data: Optional[float] = None  # when data first arrived: the rate is the mean since
@@ -432,7 +455,8 @@ def watch_progress(vm: Any, console: Any, *, timeout: float = 600.0,
     columns = (TextColumn("[bold]{task.fields[status]:<10}"), BarColumn(),
                TextColumn("{task.fields[xfer]}"), TextColumn("{task.fields[rate]}"),
                TextColumn("dirty {task.fields[dirty]}"), TextColumn("pass {task.fields[pass]}"),
-               TextColumn("exp. downtime {task.fields[downtime]}"), TimeElapsedColumn())
+               TextColumn("exp. downtime {task.fields[downtime]}"), TimeElapsedColumn(),
+               TextColumn("memory " + memory_text(vm)))
     deadline = time.monotonic() + timeout
     terminal = vm.st.terminal
     last_ram: dict = {}
