@@ -355,10 +355,10 @@ def run_incoming_progress(vm: Any, console: Any, *, timeout: float = 600.0) -> b
     from rich.progress import BarColumn, Progress, TextColumn
     total = vm.guest.total_bytes()
     page = vm.guest.page_size
-    columns = (TextColumn("[bold]{task.fields[status]:<10}"), BarColumn(bar_width=16),
+    columns = (TextColumn("[bold]{task.fields[status]:<10}"),
+               TextColumn("memory " + memory_text(vm)), BarColumn(bar_width=16),
                TextColumn("{task.fields[data]}"), TextColumn("zero {task.fields[zero]}"),
-               TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[elapsed]}"),
-               TextColumn("memory " + memory_text(vm)))
+               TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[elapsed]}"))
     start = time.monotonic()
     deadline = start + timeout
     first_data: Optional[float] = None  # when data first arrived: the rate is the mean since
@@ -452,11 +452,11 @@ def watch_progress(vm: Any, console: Any, *, timeout: float = 600.0,
     cancels the migration (:func:`cancel`)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     total = vm.guest.total_bytes()
-    columns = (TextColumn("[bold]{task.fields[status]:<10}"), BarColumn(),
+    columns = (TextColumn("[bold]{task.fields[status]:<10}"),
+               TextColumn("memory " + memory_text(vm)), BarColumn(),
                TextColumn("{task.fields[xfer]}"), TextColumn("{task.fields[rate]}"),
                TextColumn("dirty {task.fields[dirty]}"), TextColumn("pass {task.fields[pass]}"),
-               TextColumn("exp. downtime {task.fields[downtime]}"), TimeElapsedColumn(),
-               TextColumn("memory " + memory_text(vm)))
+               TextColumn("exp. downtime {task.fields[downtime]}"), TimeElapsedColumn())
     deadline = time.monotonic() + timeout
     terminal = vm.st.terminal
     last_ram: dict = {}

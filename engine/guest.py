@@ -41,7 +41,9 @@ from typing import TYPE_CHECKING, Callable, Optional
 
 import numpy as np
 
-from livemig.engine.kernelmem.backend import KernelMemory, MemoryChoice, resolve, touch_pages
+from livemig.engine.kernelmem.backend import (
+    KernelMemory, MemoryChoice, read_first_bytes, resolve, touch_pages,
+)
 from livemig.engine.layouts import Codec, layouts
 from livemig.engine.threads import spawn
 from livemig.errors import StreamError
@@ -156,7 +158,12 @@ def check_guest_ram(block: RAMBlock, start: int = MiB, end: int = 100 * MiB) -> 
     the page before it.  ``end`` is clipped to the block."""
     ps = block.page_size
     end = min(end, block.used_length)
-    first = block.pages[start // ps:end // ps, 0].astype(np.int16)
+    return check_first_bytes(block.pages[start // ps:end // ps, 0], start, ps)
+
+
+def check_first_bytes(first_bytes: np.ndarray, start: int, ps: int) -> CheckResult:
+    """:func:`check_guest_ram` on the pages' first bytes, the first at ``start``."""
+    first = first_bytes.astype(np.int16)
     if first.size == 0:
         return CheckResult(True, 0, 0, 0)
     step = (first[:-1] - first[1:]) % 256  # previous minus current
@@ -290,6 +297,13 @@ class Guest:
     def check(self) -> CheckResult:
         """The memory check on ``pc.ram`` over the workload's range."""
         first, last = self.work_range
+        if self.kernel is not None and self.ram.shared is not None:
+            # read by libc, not numpy: on a postcopy destination a read of a
+            # page not placed yet sleeps in the kernel, and must not hold the
+            # GIL the fault thread needs to have it placed
+            out = np.zeros(last - first, dtype=np.uint8)
+            read_first_bytes(self.ram.shared.address, first, last, self.page_size, out)
+            return check_first_bytes(out, first * self.page_size, self.page_size)
         return check_guest_ram(self.ram, first * self.page_size, last * self.page_size)
 
     # ------------------------------------------------------------ device state

@@ -158,6 +158,15 @@ def touch_pages(base: int, first: int, last: int, page_size: int) -> None:
         _memset(addr, (cell.value + 1) & 0xFF, 1)
 
 
+def read_first_bytes(base: int, first: int, last: int, page_size: int,
+                     out: np.ndarray) -> None:
+    """``out[i]`` = the first byte of page ``first + i``, read by libc (a read
+    of a missing page sleeps without the GIL, as in :func:`touch_pages`)."""
+    dst = out.ctypes.data
+    for i, page in enumerate(range(first, last)):
+        _memmove(dst + i, base + page * page_size, 1)
+
+
 # ============================================================ the backend
 class KernelMemory:
     """A guest's RAM made of shmem, its dirty log from the kernel, and (on a
@@ -468,11 +477,13 @@ class PostcopyRAM:
                 pass
 
     def info(self) -> dict:
-        out = {"registered": self.registered, "faults": self.faults, "copies": self.copies,
+        out = {"registered": self.registered, "faults": self.faults,
+               "sleeping-pages": self.sleepers(), "copies": self.copies,
                "zeropages": self.zeropages, "already-present": self.already_present,
                "blocktime": self.latency.to_json()}
         return out
 
 
 __all__ = ["KernelMemory", "MemoryChoice", "MemoryUnavailable", "MEMORY_CHOICES",
-           "PostcopyRAM", "available", "dirty_log_kind", "resolve", "touch_pages"]
+           "PostcopyRAM", "available", "dirty_log_kind", "read_first_bytes", "resolve",
+           "touch_pages"]

@@ -1,0 +1,231 @@
+"""The kernel memory backend in the engine (engine/kernelmem/backend.py):
+two ``livemig vm --memory kernel`` processes migrate a guest whose vCPU knows
+nothing of livemig -- it writes its RAM with plain stores, the source learns
+the dirty pages from the kernel, and on the postcopy destination the kernel
+stops it on a missing page until the fault thread had it sent and placed.
+Precopy, and postcopy with a pause (threads stay asleep in the kernel) and a
+recovery; the memory check passes and the logs validate against the spec.
+In one process: a fault thread that fails fails the migration (a spec row,
+not a silent death), EEXIST on a page already placed is no error, and
+``--memory kernel`` where it cannot run is one line naming why.
+
+Skipped, with the backend's own reason, where the kernel lacks userfaultfd
+MISSING on shmem or a dirty log."""
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_engine_process import Proc, TIMEOUT, tmp  # noqa: E402,F401
+from test_engine_postcopy_process import _finish, _logs, _recover, _switch  # noqa: E402
+
+from livemig.engine.kernelmem import backend  # noqa: E402
+from livemig.engine.kernelmem.mapping import SharedMemory  # noqa: E402
+from livemig.engine.kernelmem.uffd import PageExists  # noqa: E402
+
+PS = mmap.PAGESIZE
+AVAIL = backend.available()
+needs_kernel = pytest.mark.skipif(not AVAIL, reason=f"kernel memory backend: {AVAIL.reason}")
+
+
+def _until(what: str, predicate, timeout: float = TIMEOUT, step: float = 0.05) -> None:
+    """Poll ``predicate`` (a cheap query) until true; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"never: {what}"
+        time.sleep(step)
+
+
+def _memory(p: Proc) -> dict:
+    return p.cmd("query-migrate")["x-livemig-memory"]
+
+
+def _asleep_on_a_fault(pid: int) -> bool:
+    """Some thread of process ``pid`` sleeps in handle_userfault (its wchan);
+    True also where the kernel hides wchan (then sleeping-pages says it)."""
+    seen = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            seen.append(Path(f"/proc/{pid}/task/{tid}/wchan").read_text().strip())
+        except OSError:
+            continue
+    return "handle_userfault" in seen or not any(w not in ("", "0") for w in seen)
+
+
+# ------------------------------------------------------------ two processes
+@needs_kernel
+def test_two_process_precopy_of_a_guest_written_by_plain_stores(tmp):
+    dst = Proc(tmp, "dst", "--incoming", "defer", "--memory", "kernel")
+    src = Proc(tmp, "src", "--workload", "20000", "--memory", "kernel")
+    try:
+        src.cmd("migrate-set-capabilities",
+                capabilities=[{"capability": "events", "state": True}])
+        dst.cmd("migrate-incoming", uri=f"unix:{tmp}/mig.sock")
+        # a few passes while the guest writes: what is re-sent is only what
+        # the kernel's log says (the vCPU logs nothing itself)
+        src.cmd("migrate-set-parameters", **{"max-bandwidth": 256 << 20,
+                                             "downtime-limit": 300})
+        src.cmd("migrate", uri=f"unix:{tmp}/mig.sock")
+        assert src.wait_status({"completed", "failed"}) == "completed"
+        assert dst.wait_status({"completed", "failed"}) == "completed"
+        info = src.cmd("query-migrate")
+        mem = info["x-livemig-memory"]
+        assert mem["backend"] == "kernel" and mem["dirty-log"] in ("wp-async", "soft-dirty")
+        assert info["ram"]["dirty-sync-count"] >= 2 and mem["dirty-syncs"] >= 1
+        assert _memory(dst)["backend"] == "kernel"
+        first = dst.cmd("x-livemig-check-memory")["first-byte"]
+        _until("the guest runs on the destination",
+               lambda: dst.cmd("x-livemig-check-memory")["first-byte"] != first)
+        dst.cmd("stop")
+        check = dst.cmd("x-livemig-check-memory")
+        assert check["ok"], check
+        seq, dseq = _logs(src, dst)
+        assert seq[-2:] == ["active", "completed"] and dseq[-2:] == ["active", "completed"]
+    finally:
+        assert src.close() == 0
+        assert dst.close() == 0
+
+
+@needs_kernel
+@pytest.mark.parametrize("breaker", ["src-pause", "dst-pause"])
+def test_two_process_postcopy_faults_pause_and_recovery(tmp, breaker):
+    dst = Proc(tmp, "dst", "--incoming", "defer", "--memory", "kernel")
+    src = Proc(tmp, "src", "--workload", "20000", "--memory", "kernel")
+    caps = [{"capability": c, "state": True} for c in ("events", "postcopy-ram")]
+    for p in (src, dst):
+        p.cmd("migrate-set-capabilities", capabilities=caps)
+    # precopy never converges; postcopy's background is slow, so the guest
+    # faults on pages that have not come yet, before and during the pause
+    src.cmd("migrate-set-parameters", **{"max-bandwidth": 16 << 20,
+                                         "max-postcopy-bandwidth": 4 << 20})
+    uri = f"unix:{tmp}/mig.sock"
+    dst.cmd("migrate-incoming", uri=uri)
+    try:
+        _switch(src, dst, uri)
+        _until("the kernel reported a fault of the destination's guest",
+               lambda: _memory(dst)["userfaultfd"]["faults"] > 0)
+        (src if breaker == "src-pause" else dst).cmd("migrate-pause")
+        src.wait_status({"postcopy-paused"})
+        dst.wait_status({"postcopy-paused"})
+        # paused: the guest touches a page nobody can send and sleeps in the
+        # kernel (not in livemig), and stays asleep until after the recovery
+        _until("a thread asleep on a missing page while paused",
+               lambda: _memory(dst)["userfaultfd"]["sleeping-pages"] > 0)
+        assert _asleep_on_a_fault(dst.proc.pid)
+        assert dst.cmd("query-migrate")["status"] == "postcopy-paused"
+        _recover(src, dst, tmp, "unix", 1)
+        _finish(src, dst)
+        uf = _memory(dst)["userfaultfd"]
+        assert not uf["registered"]  # the end of the load unregistered the RAM
+        assert uf["sleeping-pages"] == 0
+        assert uf["copies"] > 0 and uf["blocktime"]["count"] > 0
+        assert uf["blocktime"]["p50-us"] <= uf["blocktime"]["p99-us"]
+        seq, dseq = _logs(src, dst)
+        # one pause, one recovery, no failure (7.2: migrate-recover emits setup)
+        tail = ["postcopy-paused", "postcopy-recover", "postcopy-active", "completed"]
+        assert (seq[-4:], dseq[-5:]) == (tail, tail[:1] + ["setup"] + tail[1:])
+        assert "failed" not in seq + dseq
+    finally:
+        assert src.close() == 0
+        assert dst.close() == 0
+
+
+# ------------------------------------------------------------ one process
+@needs_kernel
+def test_a_failing_fault_thread_fails_the_migration(tmp, monkeypatch):
+    from livemig.engine.vm import VM
+
+    def broken(self, addresses, now):
+        raise RuntimeError("injected")
+
+    monkeypatch.setattr(backend.PostcopyRAM, "handle_faults", broken)
+    dst = VM(ram_size=16 << 20, incoming="defer", memory="kernel")
+    src = VM(ram_size=16 << 20, memory="kernel")
+    try:
+        caps = [{"capability": c, "state": True} for c in ("events", "postcopy-ram")]
+        for v in (src, dst):
+            v.execute("migrate-set-capabilities", {"capabilities": caps})
+        src.execute("migrate-set-parameters", {"max-bandwidth": 4 << 20,
+                                               "max-postcopy-bandwidth": 1 << 20})
+        uri = f"unix:{tmp}/mig.sock"
+        dst.execute("migrate-incoming", {"uri": uri})
+        src.execute("migrate", {"uri": uri})
+        assert src.wait_for_status({"active"}, TIMEOUT)
+        src.execute("migrate-start-postcopy")
+        # the destination's vCPU faults at once: the fault thread raises
+        assert dst.wait_for_status({"failed"}, TIMEOUT, side="destination")
+        err = dst.incoming.error_desc
+        assert "internal error in livemig-postcopy-fault: RuntimeError: injected" in err
+        log = [a for a in dst.log.attempts if a.ok and a.side == "destination"]
+        assert log[-1].id == "dst.listen.failed"
+        assert dst.wait_incoming_done(TIMEOUT)
+        # the registration is gone: no thread is left asleep on a fault
+        assert not dst.incoming.kernel.registered
+    finally:
+        src.close()
+        dst.close()
+
+
+@needs_kernel
+def test_a_page_already_placed_is_not_placed_again(tmp):
+    mem = SharedMemory("test-engine", 4 * PS)
+    ram = backend.PostcopyRAM({"pc.ram": mem}, PS)
+    try:
+        received = np.zeros(4, dtype=bool)
+        ram.listen({"pc.ram": received})
+        data = np.full((2, PS), 0x5A, dtype=np.uint8)
+        ram.copy("pc.ram", np.array([0, 1]), data, received)
+        received[[0, 1]] = True
+        again = np.full((1, PS), 0x77, dtype=np.uint8)
+        ram.copy("pc.ram", np.array([1]), again, received)  # EEXIST: counted, kept
+        assert ram.copies == 2 and ram.already_present == 1
+        assert mem.mmap[PS:PS + 2] == b"\x5a\x5a"
+        ram.fill("pc.ram", np.array([2]), np.array([0]), received)
+        assert ram.zeropages == 1
+        # a present page that was never received: bytes nobody sent -- an error
+        with pytest.raises(PageExists, match="never received"):
+            ram.fill("pc.ram", np.array([2]), np.array([0]), received)
+    finally:
+        ram.close()
+        mem.close()
+
+
+def test_default_is_simulated_and_shows_no_member():
+    from livemig.engine.vm import VM
+    vm = VM(ram_size=4 << 20, start_paused=True)
+    try:
+        assert vm.guest.memory.kind == "simulated" and vm.guest.kernel is None
+        assert vm.guest.memory_info() == {"backend": "simulated"}
+    finally:
+        vm.close()
+
+
+def test_auto_says_what_it_chose():
+    choice = backend.resolve("auto")
+    assert choice.kind == ("kernel" if AVAIL else "simulated")
+    if not AVAIL:
+        assert choice.reason == AVAIL.reason
+    with_file = backend.resolve("auto", mem_path="/dev/null")
+    assert with_file.kind == "simulated" and "--mem-path" in with_file.reason
+
+
+def test_refused_kernel_memory_is_one_line_naming_why(tmp):
+    # a --mem-path guest cannot have kernel memory on any kernel
+    out = subprocess.run([sys.executable, "-m", "livemig", "migrate", f"unix:{tmp}/x.sock",
+                          "--ram", "8M", "--memory", "kernel", "--mem-path", f"{tmp}/ram"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert lines[0].startswith("livemig: error: --memory kernel: ") and "--mem-path" in lines[0]
+    with pytest.raises(backend.MemoryUnavailable, match="mem-path"):
+        backend.resolve("kernel", mem_path=f"{tmp}/ram")
