@@ -98,7 +98,10 @@ def test_two_process_precopy_of_a_guest_written_by_plain_stores(tmp):
 @needs_kernel
 @pytest.mark.parametrize("breaker", ["src-pause", "dst-pause"])
 def test_two_process_postcopy_faults_pause_and_recovery(tmp, breaker):
-    dst = Proc(tmp, "dst", "--incoming", "defer", "--memory", "kernel")
+    # the destination's guest pulls at most 500 pages/s by faulting, and the
+    # background sends 1 MiB/s: postcopy lasts ~25 s, long after the pause
+    # even on a loaded machine; unthrottled once recovered
+    dst = Proc(tmp, "dst", "--incoming", "defer", "--memory", "kernel", "--workload", "500")
     src = Proc(tmp, "src", "--workload", "20000", "--memory", "kernel")
     caps = [{"capability": c, "state": True} for c in ("events", "postcopy-ram")]
     for p in (src, dst):
@@ -106,7 +109,7 @@ def test_two_process_postcopy_faults_pause_and_recovery(tmp, breaker):
     # precopy never converges; postcopy's background is slow, so the guest
     # faults on pages that have not come yet, before and during the pause
     src.cmd("migrate-set-parameters", **{"max-bandwidth": 16 << 20,
-                                         "max-postcopy-bandwidth": 4 << 20})
+                                         "max-postcopy-bandwidth": 1 << 20})
     uri = f"unix:{tmp}/mig.sock"
     dst.cmd("migrate-incoming", uri=uri)
     try:
@@ -123,6 +126,7 @@ def test_two_process_postcopy_faults_pause_and_recovery(tmp, breaker):
         assert _asleep_on_a_fault(dst.proc.pid)
         assert dst.cmd("query-migrate")["status"] == "postcopy-paused"
         _recover(src, dst, tmp, "unix", 1)
+        src.cmd("migrate-set-parameters", **{"max-postcopy-bandwidth": 0})
         _finish(src, dst)
         uf = _memory(dst)["userfaultfd"]
         assert not uf["registered"]  # the end of the load unregistered the RAM
