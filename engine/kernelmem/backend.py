@@ -47,6 +47,7 @@ Rules of the kernel backend:
 """
 from __future__ import annotations
 
+import bisect
 import ctypes
 import os
 import threading
@@ -281,8 +282,8 @@ class PostcopyRAM:
         # block lookup by address: sorted starts, for np.searchsorted
         items = sorted(memories.items(), key=lambda kv: kv[1].address)
         self._names = [n for n, _m in items]
-        self._starts = np.array([m.address for _n, m in items], dtype=np.uint64)
-        self._ends = np.array([m.address + m.size for _n, m in items], dtype=np.uint64)
+        self._start_list = [m.address for _n, m in items]
+        self._end_list = [m.address + m.size for _n, m in items]
         #: fault message -> wake-up, seconds (QEMU's postcopy-blocktime)
         self.latency = LatencyHistogram()
         self.faults = 0
@@ -388,7 +389,7 @@ class PostcopyRAM:
                     self.latency.add(now - t)
 
     # ------------------------------------------------------------ faults
-    def start_faults(self, on_fault: Callable[[str, np.ndarray], None],
+    def start_faults(self, on_fault: Callable[[str, list[int]], None],
                      received: dict[str, np.ndarray],
                      on_crash: Callable[[str], None]) -> None:
         """Start the fault thread: each fault message becomes
@@ -414,32 +415,30 @@ class PostcopyRAM:
 
     def handle_faults(self, addresses: Sequence[int], now: float) -> None:
         """Fault messages at ``addresses`` (read at ``now``) -> page requests,
-        per block, pages sorted and each once."""
-        addr = np.asarray(addresses, dtype=np.uint64)
-        slot = np.searchsorted(self._starts, addr, side="right").astype(np.int64) - 1
-        ok = (slot >= 0) & (addr < self._ends[np.maximum(slot, 0)])
-        if not ok.all():
-            bad = int(addr[~ok][0])
-            raise MemoryUnavailable(0, f"userfaultfd: a fault at {bad:#x}, outside every "
-                                       f"RAM block")
-        ps = np.uint64(self.page_size)
-        for s in np.unique(slot).tolist():
+        per block, pages sorted and each once.  Plain Python, not numpy: a
+        read brings one to a few messages, and numpy's per-call cost would be
+        most of the fault's time."""
+        ps = self.page_size
+        by_block: dict[int, set[int]] = {}
+        for addr in addresses:
+            s = bisect.bisect_right(self._start_list, addr) - 1
+            if s < 0 or addr >= self._end_list[s]:
+                raise MemoryUnavailable(0, f"userfaultfd: a fault at {addr:#x}, outside "
+                                           f"every RAM block")
+            by_block.setdefault(s, set()).add((addr - self._start_list[s]) // ps)
+        for s, page_set in by_block.items():
             name = self._names[s]
-            pages = np.unique((addr[slot == s] - self._starts[s]) // ps).astype(np.int64)
             received = self._received[name]
+            pending = self._pending[name]
+            missing = []
             with self._plock:
-                pending = self._pending[name]
-                for p in pages.tolist():
-                    pending.setdefault(p, now)
-            missing = pages[~received[pages]]
-            # A page placed between the fault and now: its COPY woke the thread
-            # already; drop the stamp so it is not counted later.
-            done = pages[received[pages]]
-            if done.size:
-                with self._plock:
-                    for p in done.tolist():
-                        pending.pop(p, None)
-            if missing.size:
+                for p in sorted(page_set):
+                    # a page placed between the fault and now: its COPY woke
+                    # the thread already, nothing to stamp or ask for
+                    if not received[p]:
+                        pending.setdefault(p, now)
+                        missing.append(p)
+            if missing:
                 self._on_fault(name, missing)
 
     def sleepers(self) -> int:
