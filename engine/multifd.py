@@ -32,6 +32,15 @@ channels' write side; the destination's main loader, on EOF, waits until
 every channel has reached end-of-file with all packets applied, so RAM is
 complete when the main stream says it is.  Zero pages stay on the main
 channel as ZERO records.
+
+Pages land in place.  The decoder asks for only the bytes of the packet
+part it is at (the fixed header, then block name and offsets), so a
+receive never reads past the offsets.  When a packet's offsets are one
+contiguous, valid run of its block, :meth:`MultifdDecoder.get_buffer`
+returns that run of guest RAM itself and the socket's ``recv_into`` writes
+the pages there: one copy (the kernel's), not two.  Other packets go through
+the decoder's buffer.  The offsets are checked against the block before its
+memory is handed out, so no byte is written outside it.
 """
 from __future__ import annotations
 
@@ -87,6 +96,12 @@ class MultifdDecoder:
         self._buf = np.empty(2 << 20, dtype=np.uint8)
         self._start = 0
         self._end = 0
+        #: the guest RAM of the packet being received in place (a byte view of
+        #: a contiguous page run), and how many of its bytes have arrived
+        self._direct: Optional[np.ndarray] = None
+        self._direct_got = 0
+        self._direct_pages = 0
+        self._direct_sync = False
         self.channel: Optional[int] = None
         #: SYNC packets parsed so far
         self.syncs = 0
@@ -95,7 +110,16 @@ class MultifdDecoder:
         self.pages = 0
 
     def get_buffer(self, want: int = 512 << 10) -> memoryview:
-        """Writable memory for the next ``recv_into``."""
+        """Writable memory for the next ``recv_into``: the rest of the guest
+        pages being received in place, or the decoder's buffer, at most up to
+        the end of the packet part being read."""
+        return self._writable(want, to_part_end=True)
+
+    def _writable(self, want: int, *, to_part_end: bool) -> memoryview:
+        if self._direct is not None:
+            return memoryview(self._direct)[self._direct_got:]
+        if to_part_end:
+            want = min(want, self._next_part())
         pending = self._end - self._start
         if self._start and pending <= (64 << 10) or len(self._buf) - self._end < want:
             if len(self._buf) - pending < want:
@@ -105,11 +129,43 @@ class MultifdDecoder:
             else:
                 self._buf[:pending] = self._buf[self._start:self._end].copy()
             self._start, self._end = 0, pending
-        return memoryview(self._buf)[self._end:]
+        return memoryview(self._buf)[self._end:self._end + want]
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self._direct is not None:
+            self._direct_got += nbytes
+            if self._direct_got == len(self._direct):
+                self._direct_done()
+            return
         self._end += nbytes
         if not self.held:
+            self._parse()
+
+    def _next_part(self) -> int:
+        """Bytes still missing from the part of the stream being read (the
+        hello, a packet header, its name and offsets), or a large read when
+        the buffer holds a packet whose pages come through it."""
+        pending = self._end - self._start
+        if self.channel is None:
+            return max(1, self._hello.size - pending)
+        hdr = self._hdr
+        if pending < hdr.size:
+            return hdr.size - pending
+        _flags, npages, _number, idlen = hdr.unpack_from(self._buf, self._start)
+        head = hdr.size + idlen + 8 * npages
+        if pending < head:
+            return head - pending
+        return max(1, head + npages * self.page_size - pending)
+
+    def _direct_done(self) -> None:
+        self.pages += self._direct_pages
+        self._direct = None
+        self._direct_got = 0
+        if self._direct_sync:
+            self._direct_sync = False
+            self.syncs += 1
+            self.held = True
+        elif not self.held:
             self._parse()
 
     def release(self) -> None:
@@ -122,7 +178,9 @@ class MultifdDecoder:
         is released at once."""
         mv = memoryview(data).cast("B")
         while len(mv):
-            buf = self.get_buffer(len(mv))
+            # bytes in hand need no stop at each part's end (that only saves
+            # a copy for bytes still to be received): many packets per copy
+            buf = self._writable(len(mv), to_part_end=False)
             n = min(len(buf), len(mv))
             buf[:n] = mv[:n]
             mv = mv[n:]
@@ -147,8 +205,9 @@ class MultifdDecoder:
             if npages > self.w.max_multifd_pages:  # bound what we buffer
                 raise StreamError(self.w.error("multifd_too_many_pages", npages,
                                                self.w.max_multifd_pages))
-            need = hdr.size + idlen + npages * (8 + self.page_size)
-            if end - pos < need:
+            head = hdr.size + idlen + 8 * npages
+            need = head + npages * self.page_size
+            if end - pos < (head if npages else need):
                 break
             p = pos + hdr.size
             if npages:
@@ -162,8 +221,25 @@ class MultifdDecoder:
                 bad = (offsets >= block.used_length) | (offsets % self.page_size != 0)
                 if bad.any():
                     raise StreamError(self.w.error("ram_bad_offset", int(offsets[bad][0])))
-                block.pages[(offsets // np.uint64(self.page_size)).astype(np.intp)] = \
-                    buf[p:p + npages * self.page_size].reshape(npages, self.page_size)
+                idx = (offsets // np.uint64(self.page_size)).astype(np.intp)
+                first = int(idx[0])
+                in_place = bool(np.all(np.diff(idx) == 1)) if npages > 1 else True
+                if in_place and end - pos < need:
+                    # a contiguous run (checked above: inside the block):
+                    # what is buffered goes in now, the rest is received there
+                    region = block.pages[first:first + npages].view()
+                    region.shape = (-1,)  # raises rather than copy: writes must land in RAM
+                    have = end - p
+                    region[:have] = buf[p:end]
+                    self._direct_pages = npages
+                    self._start = self._end = 0
+                    self._direct, self._direct_got = region, have
+                    self._direct_sync = bool(flags & FLAG_SYNC)
+                    return
+                if end - pos < need:
+                    break
+                block.pages[idx] = buf[p:p + npages * self.page_size].reshape(
+                    npages, self.page_size)
                 self.pages += npages
             pos += need
             self._start = pos
