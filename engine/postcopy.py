@@ -593,16 +593,24 @@ class PostcopyStreamDecoder(StreamDecoder):
         #: (LISTEN), pages are placed by UFFDIO_COPY/ZEROPAGE, never stored
         self.kernel: Optional["PostcopyRAM"] = None
 
-    def _write_pages(self, block: RAMBlock, idx: np.ndarray, data: np.ndarray) -> None:
+    def _kernel_for(self, block: RAMBlock) -> Optional["PostcopyRAM"]:
+        """The userfaultfd side if it holds ``block`` now (a block a QEMU
+        source declared and this side made on the fly is plain memory)."""
         kernel = self.kernel
-        if kernel is not None and kernel.registered:
+        if kernel is not None and kernel.registered and block.name in kernel.memories:
+            return kernel
+        return None
+
+    def _write_pages(self, block: RAMBlock, idx: np.ndarray, data: np.ndarray) -> None:
+        kernel = self._kernel_for(block)
+        if kernel is not None:
             kernel.copy(block.name, idx, data, self.received[block.name])  # type: ignore[index]
         else:
             block.pages[idx] = data
 
     def _fill_pages(self, block: RAMBlock, idx: np.ndarray, fill: np.ndarray) -> None:
-        kernel = self.kernel
-        if kernel is not None and kernel.registered:
+        kernel = self._kernel_for(block)
+        if kernel is not None:
             kernel.fill(block.name, idx, fill, self.received[block.name])  # type: ignore[index]
         else:
             block.pages[idx] = fill[:, None]
@@ -671,8 +679,8 @@ class PostcopyStreamDecoder(StreamDecoder):
         flags = hdr & self._mask
         kind = flags & ~w.f_continue
         if kind not in (w.f_page, w.f_zero):
-            if (self.kernel is not None and self.kernel.registered
-                    and kind in (w.f_xbzrle, w.f_compress)):
+            if self.kernel is not None and self.kernel.registered \
+                    and kind in (w.f_xbzrle, w.f_compress):
                 # decoding stores into registered RAM: it would sleep on its own fault
                 raise StreamError(f"a RAM record with flags {kind:#x} in postcopy: the kernel "
                                   f"memory backend places only pages and zero pages")
@@ -922,7 +930,7 @@ class PostcopyDestination(DestinationMigration):
             if start % ps or length % ps or start + length > block.used_length:
                 raise StreamError(w.error("ram_bad_offset", start))
             a, b = start // ps, (start + length) // ps
-            if self.kernel is not None:
+            if self.kernel is not None and name in self.kernel.memories:
                 self.kernel.discard(name, a, b)  # dropped: a touch after LISTEN faults
             else:
                 block.pages[a:b] = 0

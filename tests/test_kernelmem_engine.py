@@ -18,6 +18,7 @@ import mmap
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -175,6 +176,53 @@ def test_a_failing_fault_thread_fails_the_migration(tmp, monkeypatch):
         # the registration is gone: no thread is left asleep on a fault
         assert not dst.incoming.kernel.registered
     finally:
+        src.close()
+        dst.close()
+
+
+@needs_kernel
+def test_precopy_resends_what_plain_numpy_threads_wrote(tmp):
+    """Threads that have only a numpy view of the guest's RAM write it during
+    precopy; the destination ends with exactly the source's RAM: their
+    writes reached the migration only through the kernel's dirty log."""
+    from livemig.engine.vm import VM
+    # no vCPU writes on either side: the RAM is only what the threads wrote
+    dst = VM(ram_size=8 << 20, incoming="defer", memory="kernel", workload_rate=0)
+    src = VM(ram_size=8 << 20, memory="kernel", workload_rate=0)
+    stop = threading.Event()
+    written = [0, 0]
+
+    def writer(slot: int, pages: np.ndarray) -> None:
+        rng = np.random.default_rng(slot)
+        while not stop.is_set():
+            idx = rng.integers(0, len(pages), size=64)
+            pages[idx, 100 + slot] = rng.integers(1, 255, size=64, dtype=np.uint8)
+            written[slot] += 64
+            stop.wait(0.002)
+
+    threads = [threading.Thread(target=writer, args=(i, src.guest.ram.pages), daemon=True)
+               for i in range(2)]
+    try:
+        uri = f"unix:{tmp}/mig.sock"
+        dst.execute("migrate-incoming", {"uri": uri})
+        src.execute("migrate-set-parameters", {"max-bandwidth": 8 << 20})  # ~1 s a pass
+        for t in threads:
+            t.start()
+        src.execute("migrate", {"uri": uri})
+        _until("three dirty syncs while the threads write",
+               lambda: src.query_migrate().get("ram", {}).get("dirty-sync-count", 0) >= 3)
+        stop.set()
+        for t in threads:
+            t.join(TIMEOUT)
+        src.execute("migrate-set-parameters", {"max-bandwidth": 1 << 40})
+        assert src.wait_for_status({"completed", "failed"}, TIMEOUT)
+        assert src.src_cell.state == "completed", src.source.error_desc
+        assert dst.wait_incoming_done(TIMEOUT) and dst.dst_cell.state == "completed"
+        assert min(written) > 0
+        assert src.query_migrate()["x-livemig-memory"]["dirty-syncs"] >= 2
+        assert src.query_ram() == dst.query_ram()
+    finally:
+        stop.set()
         src.close()
         dst.close()
 
