@@ -365,6 +365,21 @@ class PostcopySource(SourceMigration):
                                                   for a, n in runs[i:i + per]]))
         return out
 
+    def _encode(self, block: RAMBlock, idx: np.ndarray, *, bulk: bool):  # type: ignore[override]
+        """Pages after the switch go plain, on the main channel, as QEMU 7.2's
+        ram_save_target_page sends them once in postcopy: an XBZRLE delta
+        would apply to a page the destination discarded, and multifd
+        channels carry no page after the switch (their pages were dropped
+        here, and the destination waited for them forever)."""
+        if not self.in_postcopy:
+            return super()._encode(block, idx, bulk=bulk)
+        xbzrle, channels = self.xbzrle, self.multifd_channels
+        self.xbzrle, self.multifd_channels = None, 0  # this call only: one thread owns us
+        try:
+            return super()._encode(block, idx, bulk=bulk)
+        finally:
+            self.xbzrle, self.multifd_channels = xbzrle, channels
+
     def _start_postcopy_pass(self) -> None:
         self._pass = [(self.guest.blocks[name], np.flatnonzero(bm))
                       for name, bm in self.bitmaps.items() if bm.any()]
