@@ -20,6 +20,14 @@ Writing first and logging second is what makes precopy lossless: a page
 written after its bits were harvested is logged again and re-sent in a later
 pass, and the final pass runs with the vCPU stopped.
 
+That is the *simulated* memory backend.  With ``memory="kernel"``
+(:mod:`livemig.engine.kernelmem.backend`) the blocks are shmem, the vCPU
+writes with plain loads and stores and logs nothing, and the kernel's dirty
+log -- which sees the writes of every thread of the process -- is ORed into
+``dirty_log`` at the start of each :meth:`Guest.sync_dirty_log`; on a
+postcopy destination the kernel, not a fault hook, stops the vCPU on a
+missing page.
+
 The workload is QEMU's migration-test guest in numpy: it sweeps the pages
 from 1 MiB to 100 MiB (all of RAM above 1 MiB when the block is smaller) in
 address order, incrementing the first byte of every page, in batches, at a
