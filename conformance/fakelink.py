@@ -496,6 +496,9 @@ class FakeRunner:
     def parallel_map(self, workers: int) -> Callable[[Callable, Iterable], list]:
         return lambda fn, items: [fn(item) for item in items]
 
+    def helped_map(self) -> Callable[[Callable, Iterable], list]:
+        return self.parallel_map(1)
+
     def end_parallel(self) -> None:
         pass
 

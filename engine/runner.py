@@ -178,6 +178,8 @@ class Runner(Protocol):
 
     def parallel_map(self, workers: int) -> Callable[[Callable, Iterable], list]: ...
 
+    def helped_map(self) -> Callable[[Callable, Iterable], list]: ...
+
     def end_parallel(self) -> None: ...
 
     def postcopy_started(self) -> None: ...
@@ -311,6 +313,23 @@ class ThreadRunner:
                                             thread_name_prefix="livemig-compress")
         pool = self._pool
         return lambda fn, items: list(pool.map(fn, items))
+
+    def helped_map(self) -> Callable[[Callable, Iterable], list]:
+        """A map whose caller does the first item itself while the pool
+        (one more thread, or compress-threads') does the others: two cores on
+        one chunk's zero scan with no thread left waiting."""
+        pool = self._pool
+        if pool is None:
+            pool = self._pool = ThreadPoolExecutor(max_workers=1,
+                                                   thread_name_prefix="livemig-compress")
+
+        def run(fn: Callable, items: Iterable) -> list:
+            items = list(items)
+            if not items:
+                return []
+            others = [pool.submit(fn, item) for item in items[1:]]
+            return [fn(items[0])] + [f.result() for f in others]
+        return run
 
     def end_parallel(self) -> None:
         """The migration is over: the compress workers go."""

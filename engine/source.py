@@ -67,6 +67,9 @@ from livemig.spec.schema import Profile
 
 BUFFER_DELAY = 0.1  # seconds: QEMU's rate-limit and bandwidth window
 MAX_CHUNK_PAGES = 2048
+#: a chunk's zero scan is split in two from twice this many pages on (below,
+#: handing half to another thread costs more than it saves)
+SCAN_SPLIT_PAGES = 256
 #: livemig's own machine type: the first of every profile's MACHINES
 MACHINE = load_profile(DEFAULT_PROFILE).machine().name
 #: auto-converge in QEMU 3.0 has no throttle-trigger-threshold parameter:
@@ -178,6 +181,14 @@ class SourceMigration:
         #: threads gives a map over compress-threads workers (zlib releases
         #: the GIL), see runner.ThreadRunner.parallel_map
         self.parallel_map: Callable[[Callable, Any], list] = _serial_map
+        #: how a chunk's zero-page scan is split: serial here; a driver on
+        #: real threads gives a map over two workers (numpy's reductions
+        #: release the GIL), so a zero-heavy chunk is read by both cores
+        self.scan_map: Callable[[Callable, Any], list] = _serial_map
+        # whether the last chunk was mostly zero pages: then the first-word
+        # probe (one cache line per page) is skipped, as it would only add
+        # a strided read before the full scan
+        self._zero_heavy = False
         self.multifd_channels = (int(self._multifd_channels_param())
                                  if caps.get("multifd") else 0)
         self._multifd_next = 0
@@ -399,14 +410,7 @@ class SourceMigration:
         first, last = int(idx[0]), int(idx[-1])
         src = block.pages[first:last + 1] if last - first + 1 == n else block.pages[idx]
         words = src.view(np.uint64)
-        # A page whose first word is non-zero is non-zero: only the others need
-        # a full scan (random RAM then costs one cache line per page).
-        nonzero = words[:, 0] != 0
-        maybe_zero = np.flatnonzero(~nonzero)
-        if maybe_zero.size > n // 4:
-            nonzero = words.any(axis=1)
-        elif maybe_zero.size:
-            nonzero[maybe_zero] = words[maybe_zero].any(axis=1)
+        nonzero = self._nonzero_pages(words)
         zero_idx = idx[~nonzero]
         all_nonzero = bool(nonzero.all())
         norm_idx = idx if all_nonzero else idx[nonzero]
@@ -435,6 +439,31 @@ class SourceMigration:
             return out, extra
         out += self.enc.normal_pages(block, norm_idx, norm_data)
         return out, extra
+
+    def _nonzero_pages(self, words: np.ndarray) -> np.ndarray:
+        """Which pages of ``words`` (pages x words) hold a non-zero byte.
+
+        A page whose first word is non-zero is non-zero, so only the others
+        need a full read: random RAM costs one cache line per page.  Where
+        most pages are zero (this chunk's probe says so, or the last chunk
+        was so) every page is read anyway, and the read is split across
+        ``scan_map``'s workers, since one core does not reach the memory
+        bandwidth."""
+        n = len(words)
+        if not self._zero_heavy:
+            nonzero = words[:, 0] != 0
+            maybe_zero = np.flatnonzero(~nonzero)
+            if maybe_zero.size <= n // 4:
+                if maybe_zero.size:
+                    nonzero[maybe_zero] = words[maybe_zero].any(axis=1)
+                return nonzero
+        if n >= 2 * SCAN_SPLIT_PAGES:
+            half = n // 2
+            nonzero = np.concatenate(self.scan_map(_nonzero_rows, (words[:half], words[half:])))
+        else:
+            nonzero = _nonzero_rows(words)
+        self._zero_heavy = int(np.count_nonzero(nonzero)) <= (3 * n) // 4
+        return nonzero
 
     def _xbzrle_fill(self, block: RAMBlock, idx: np.ndarray, data: np.ndarray) -> None:
         base = self._xbzrle_key_base(block)
@@ -657,6 +686,13 @@ class SourceMigration:
                 if self.shut:
                     raise ReturnPathError(self.w.error("rp_sibling_error", self.shut))
         return messages
+
+
+def _nonzero_rows(words: np.ndarray) -> np.ndarray:
+    """Rows (pages) with a non-zero word.  ``max`` rather than ``any``: the
+    same answer, and numpy's vectorised max needs fewer instructions per word
+    (about 1.5x faster where the data is in cache, equal when memory-bound)."""
+    return words.max(axis=1) != 0
 
 
 def _serial_map(fn: Callable, items: Any) -> list:

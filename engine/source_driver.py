@@ -46,6 +46,7 @@ Rules:
 from __future__ import annotations
 
 import collections
+import os
 from typing import Any, Callable, Optional
 
 from livemig.engine import multifd as mfd
@@ -128,6 +129,9 @@ class SourceDriver:
         self.task: Optional[Task] = None
         if session.caps.get("compress"):
             session.parallel_map = runner.parallel_map(int(session.params["compress-threads"]))
+        if (os.cpu_count() or 1) > 1:
+            # the zero scan's second reader (the compress pool when there is one)
+            session.scan_map = runner.helped_map()
 
     # ------------------------------------------------------------ control
     def start(self) -> None:
