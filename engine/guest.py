@@ -259,6 +259,8 @@ class Guest:
         self._vcpu_idle = threading.Event()
         self._vcpu_idle.set()
         self._batch_lock = threading.Lock()
+        #: the kernel vCPU's loads land here (one byte per page of a batch)
+        self._scratch = np.zeros(max(batch, 1), dtype=np.uint8)
         self._thread: Optional[threading.Thread] = None
         self.vcpu_error: Optional[str] = None
         self._quit = False
@@ -419,12 +421,20 @@ class Guest:
     def _kernel_batch(self, a: int, b: int) -> bool:
         """The batch as a guest that knows nothing of migration runs it: plain
         loads and stores into its RAM.  The kernel logs them (source) or stops
-        the thread on a missing page until postcopy placed it (destination)."""
+        the thread on a missing page until postcopy placed it (destination).
+
+        The loads come first, outside the batch lock: a page that is missing
+        stops the thread there, where :meth:`vm_stop` need not wait for it
+        (as QEMU kicks a vCPU out of a fault, and the guest's access runs
+        again later); the stores then find their pages present."""
+        ram = self.ram
+        assert ram.shared is not None
+        if len(self._scratch) < b - a:  # x-livemig-set-workload raised the batch
+            self._scratch = np.zeros(b - a, dtype=np.uint8)
+        read_first_bytes(ram.shared.address, a, b, self.page_size, self._scratch[:b - a])
         with self._batch_lock:
             if not self._vcpu_running:
                 return False
-            ram = self.ram
-            assert ram.shared is not None
             touch_pages(ram.shared.address, a, b, self.page_size)
             self.pages_written += b - a
             first, last = self.work_range
