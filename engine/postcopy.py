@@ -175,6 +175,7 @@ class LatencyHistogram:
             arr = np.array(samples)
             out.update({"p50-us": int(np.percentile(arr, 50) * 1e6),
                         "p99-us": int(np.percentile(arr, 99) * 1e6),
+                        "mean-us": int(arr.mean() * 1e6),
                         "max-us": int(arr.max() * 1e6)})
         return out
 
