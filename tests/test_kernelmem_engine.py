@@ -188,6 +188,60 @@ def test_a_failing_fault_thread_fails_the_migration(tmp, monkeypatch):
 
 
 @needs_kernel
+def test_a_fault_thread_failing_while_paused_fails_the_migration_once_recovered(
+        tmp, monkeypatch):
+    """While paused there is no row to failed; the error is kept, and the
+    migration fails (not active again) as soon as the recovery makes it
+    postcopy-active: a fault thread that died serves no fault."""
+    from livemig.engine.vm import VM
+    broken = threading.Event()
+    real = backend.PostcopyRAM.handle_faults
+
+    def maybe_broken(self, addresses, now):
+        if broken.is_set():
+            raise RuntimeError("injected while paused")
+        return real(self, addresses, now)
+
+    monkeypatch.setattr(backend.PostcopyRAM, "handle_faults", maybe_broken)
+    dst = VM(ram_size=16 << 20, incoming="defer", memory="kernel", workload_rate=500)
+    src = VM(ram_size=16 << 20, memory="kernel")
+    try:
+        caps = [{"capability": c, "state": True} for c in ("events", "postcopy-ram")]
+        for v in (src, dst):
+            v.execute("migrate-set-capabilities", {"capabilities": caps})
+        src.execute("migrate-set-parameters", {"max-bandwidth": 4 << 20,
+                                               "max-postcopy-bandwidth": 1 << 20})
+        dst.execute("migrate-incoming", {"uri": f"unix:{tmp}/mig.sock"})
+        src.execute("migrate", {"uri": f"unix:{tmp}/mig.sock"})
+        assert src.wait_for_status({"active"}, TIMEOUT)
+        src.execute("migrate-start-postcopy")
+        assert dst.guest.wait_run_state({"running"}, TIMEOUT)
+        src.execute("migrate-pause")
+        assert dst.wait_for_status({"postcopy-paused"}, TIMEOUT, side="destination")
+        assert src.wait_for_status({"postcopy-paused"}, TIMEOUT)
+        broken.set()
+        # a thread of the guest's touches the last page: not there, a fault
+        ram = dst.guest.ram
+        reader = threading.Thread(target=lambda: backend.read_first_bytes(
+            ram.shared.address, ram.npages - 1, ram.npages, PS, np.zeros(1, np.uint8)),
+            daemon=True)
+        reader.start()
+        _until("the fault thread failed", lambda: dst._dst_driver.fault_error is not None)
+        assert dst.dst_cell.state == "postcopy-paused"  # no row from paused to failed
+        dst.execute("migrate-recover", {"uri": f"unix:{tmp}/rec.sock"})
+        src.execute("migrate", {"uri": f"unix:{tmp}/rec.sock", "resume": True})
+        assert dst.wait_for_status({"failed"}, TIMEOUT, side="destination")
+        assert "injected while paused" in dst.incoming.error_desc
+        changes = [a.id for a in dst.log.changes() if a.side == "destination"]
+        assert changes[-2:] == ["dst.resume", "dst.listen.failed"]
+        reader.join(TIMEOUT)
+        assert not reader.is_alive()  # unregistered: the sleeper woke
+    finally:
+        src.close()
+        dst.close()
+
+
+@needs_kernel
 def test_precopy_resends_what_plain_numpy_threads_wrote(tmp):
     """Threads that have only a numpy view of the guest's RAM write it during
     precopy; the destination ends with exactly the source's RAM: their
