@@ -13,7 +13,7 @@ Skipped, with the backend's own reason, where the kernel lacks userfaultfd
 MISSING on shmem or a dirty log."""
 from __future__ import annotations
 
-import ctypes
+import contextlib
 import mmap
 import os
 import subprocess
@@ -152,27 +152,40 @@ def test_two_process_postcopy_faults_pause_and_recovery(tmp, breaker):
 
 
 # ------------------------------------------------------------ one process
+@contextlib.contextmanager
+def _postcopy_pair(tmp: Path, memory: str = "kernel", *, caps: tuple = (),
+                   dst_rate: float = 20000.0, bandwidth: int = 4 << 20,
+                   background: int = 1 << 20, before_switch=None):
+    """Two VMs of this process, a precopy slower than the guest, switched to
+    postcopy (``before_switch(src)`` first); closed at the end."""
+    from livemig.engine.vm import VM
+    dst = VM(ram_size=16 << 20, incoming="defer", memory=memory, workload_rate=dst_rate)
+    src = VM(ram_size=16 << 20, memory=memory)
+    try:
+        on = [{"capability": c, "state": True} for c in ("events", "postcopy-ram", *caps)]
+        for v in (src, dst):
+            v.execute("migrate-set-capabilities", {"capabilities": on})
+        src.execute("migrate-set-parameters", {"max-bandwidth": bandwidth,
+                                               "max-postcopy-bandwidth": background})
+        dst.execute("migrate-incoming", {"uri": f"unix:{tmp}/mig.sock"})
+        src.execute("migrate", {"uri": f"unix:{tmp}/mig.sock"})
+        assert src.wait_for_status({"active"}, TIMEOUT)
+        if before_switch is not None:
+            before_switch(src)
+        src.execute("migrate-start-postcopy")
+        yield src, dst
+    finally:
+        src.close()
+        dst.close()
+
+
 @needs_kernel
 def test_a_failing_fault_thread_fails_the_migration(tmp, monkeypatch):
-    from livemig.engine.vm import VM
-
     def broken(self, addresses, now):
         raise RuntimeError("injected")
 
     monkeypatch.setattr(backend.PostcopyRAM, "handle_faults", broken)
-    dst = VM(ram_size=16 << 20, incoming="defer", memory="kernel")
-    src = VM(ram_size=16 << 20, memory="kernel")
-    try:
-        caps = [{"capability": c, "state": True} for c in ("events", "postcopy-ram")]
-        for v in (src, dst):
-            v.execute("migrate-set-capabilities", {"capabilities": caps})
-        src.execute("migrate-set-parameters", {"max-bandwidth": 4 << 20,
-                                               "max-postcopy-bandwidth": 1 << 20})
-        uri = f"unix:{tmp}/mig.sock"
-        dst.execute("migrate-incoming", {"uri": uri})
-        src.execute("migrate", {"uri": uri})
-        assert src.wait_for_status({"active"}, TIMEOUT)
-        src.execute("migrate-start-postcopy")
+    with _postcopy_pair(tmp) as (src, dst):
         # the destination's vCPU faults at once: the fault thread raises
         assert dst.wait_for_status({"failed"}, TIMEOUT, side="destination")
         err = dst.incoming.error_desc
@@ -182,9 +195,6 @@ def test_a_failing_fault_thread_fails_the_migration(tmp, monkeypatch):
         assert dst.wait_incoming_done(TIMEOUT)
         # the registration is gone: no thread is left asleep on a fault
         assert not dst.incoming.kernel.registered
-    finally:
-        src.close()
-        dst.close()
 
 
 @needs_kernel
@@ -193,7 +203,6 @@ def test_a_fault_thread_failing_while_paused_fails_the_migration_once_recovered(
     """While paused there is no row to failed; the error is kept, and the
     migration fails (not active again) as soon as the recovery makes it
     postcopy-active: a fault thread that died serves no fault."""
-    from livemig.engine.vm import VM
     broken = threading.Event()
     real = backend.PostcopyRAM.handle_faults
 
@@ -203,18 +212,7 @@ def test_a_fault_thread_failing_while_paused_fails_the_migration_once_recovered(
         return real(self, addresses, now)
 
     monkeypatch.setattr(backend.PostcopyRAM, "handle_faults", maybe_broken)
-    dst = VM(ram_size=16 << 20, incoming="defer", memory="kernel", workload_rate=500)
-    src = VM(ram_size=16 << 20, memory="kernel")
-    try:
-        caps = [{"capability": c, "state": True} for c in ("events", "postcopy-ram")]
-        for v in (src, dst):
-            v.execute("migrate-set-capabilities", {"capabilities": caps})
-        src.execute("migrate-set-parameters", {"max-bandwidth": 4 << 20,
-                                               "max-postcopy-bandwidth": 1 << 20})
-        dst.execute("migrate-incoming", {"uri": f"unix:{tmp}/mig.sock"})
-        src.execute("migrate", {"uri": f"unix:{tmp}/mig.sock"})
-        assert src.wait_for_status({"active"}, TIMEOUT)
-        src.execute("migrate-start-postcopy")
+    with _postcopy_pair(tmp, dst_rate=500) as (src, dst):
         assert dst.guest.wait_run_state({"running"}, TIMEOUT)
         src.execute("migrate-pause")
         assert dst.wait_for_status({"postcopy-paused"}, TIMEOUT, side="destination")
@@ -236,9 +234,6 @@ def test_a_fault_thread_failing_while_paused_fails_the_migration_once_recovered(
         assert changes[-2:] == ["dst.resume", "dst.listen.failed"]
         reader.join(TIMEOUT)
         assert not reader.is_alive()  # unregistered: the sleeper woke
-    finally:
-        src.close()
-        dst.close()
 
 
 @needs_kernel
@@ -294,21 +289,12 @@ def test_postcopy_pages_go_plain_with_xbzrle_on(tmp, memory):
     """With xbzrle on, the pages after the switch are sent whole (QEMU 7.2
     sends no delta in postcopy): a delta against a page the destination
     discarded left it wrong, and the kernel backend refuses to decode one."""
-    from livemig.engine.vm import VM
-    dst = VM(ram_size=16 << 20, incoming="defer", memory=memory)
-    src = VM(ram_size=16 << 20, memory=memory)
-    try:
-        caps = [{"capability": c, "state": True} for c in ("events", "postcopy-ram", "xbzrle")]
-        for v in (src, dst):
-            v.execute("migrate-set-capabilities", {"capabilities": caps})
-        src.execute("migrate-set-parameters", {"max-bandwidth": 8 << 20})
-        uri = f"unix:{tmp}/mig.sock"
-        dst.execute("migrate-incoming", {"uri": uri})
-        src.execute("migrate", {"uri": uri})
-        # a second pass has begun (xbzrle's cache is filled): postcopy now
+    def second_pass(src) -> None:  # xbzrle's cache is filled: deltas would go
         _until("a second pass", lambda: src.query_migrate().get("ram", {}).get(
             "dirty-sync-count", 0) >= 2)
-        src.execute("migrate-start-postcopy")
+
+    with _postcopy_pair(tmp, memory, caps=("xbzrle",), bandwidth=8 << 20, background=0,
+                        before_switch=second_pass) as (src, dst):
         assert src.wait_for_status({"completed", "failed"}, TIMEOUT)
         assert src.src_cell.state == "completed", src.source.error_desc
         assert dst.wait_incoming_done(TIMEOUT) and dst.dst_cell.state == "completed", \
@@ -316,9 +302,6 @@ def test_postcopy_pages_go_plain_with_xbzrle_on(tmp, memory):
         dst.execute("stop")
         check = dst.check_memory()
         assert check["ok"], check
-    finally:
-        src.close()
-        dst.close()
 
 
 @needs_kernel
