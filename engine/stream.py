@@ -832,10 +832,11 @@ class StreamDecoder:
         if run is None:
             return False
         rec, idx, bad = run
-        block.pages[idx] = rec["data"]
+        where = _as_slice(idx)  # a run of consecutive pages: a slice copies faster
+        block.pages[where] = rec["data"]
         if bad is not None:  # the good prefix is loaded, as QEMU would have
             raise self._fail("ram_bad_offset", bad)
-        self._touched[block.name][idx] = True
+        self._touched[block.name][where] = True
         self.counters.normal += len(rec)
         self._consumed(rec)
         return True
@@ -974,6 +975,15 @@ class StreamDecoder:
 def _uuid_text(raw: bytes) -> str:
     h = raw.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _as_slice(idx: np.ndarray) -> "slice | np.ndarray":
+    """``idx`` (page indexes) as a slice when they are consecutive and in
+    order, else ``idx`` itself: the same pages either way."""
+    n = len(idx)
+    if n and int(idx[-1]) - int(idx[0]) == n - 1 and (n == 1 or bool((np.diff(idx) == 1).all())):
+        return slice(int(idx[0]), int(idx[0]) + n)
+    return idx
 
 
 def buffers_len(buffers: Sequence[Buffer]) -> int:

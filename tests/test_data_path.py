@@ -1,7 +1,10 @@
-"""The source's zero-page scan: a page is sent as ZERO only if every byte is
+"""The data path's shortcuts change no page.
+
+The source's zero-page scan: a page is sent as ZERO only if every byte is
 zero, whichever path the scan takes (first-word probe, full scan, split over
 two threads) and however the chunks alternate between zero-heavy and not.
-A page reported zero that is not would be a page lost."""
+A page reported zero that is not would be a page lost.  The destination
+copies a run of consecutive pages as a slice, anything else by index."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
@@ -54,3 +57,15 @@ def test_a_page_is_zero_only_if_every_byte_is(threads):
         pages = _chunk(rng, sizes[i % len(sizes)], shares[(i * 5) % len(shares)])
         got = s._nonzero_pages(pages.view(np.uint64))
         assert np.array_equal(got, pages.any(axis=1)), (i, len(pages))
+
+
+@pytest.mark.parametrize("idx", [[5], [5, 6, 7], [5, 7, 6], [7, 6, 5], [5, 6, 8], [5, 5, 6],
+                                 [0, 2, 1, 3], []])
+def test_page_indexes_become_a_slice_only_when_they_are_a_run(idx):
+    from livemig.engine.stream import _as_slice
+    ram = np.arange(10)
+    arr = np.array(idx, dtype=np.intp)
+    where = _as_slice(arr)
+    assert np.array_equal(ram[where], ram[arr])  # the same pages, in the same order
+    assert isinstance(where, slice) == (len(idx) > 0 and list(idx) == list(
+        range(idx[0], idx[0] + len(idx))))
