@@ -150,8 +150,6 @@ def qemu_run(tmp: Path, bg_bandwidth: int) -> dict[str, Any]:
     requests = sinfo.get("ram", {}).get("postcopy-requests", 0)
     vcpu = dinfo.get("postcopy-vcpu-blocktime") or []
     total_vcpu_ms = sum(vcpu)
-    if os.environ.get("KMBENCH_DEBUG"):
-        print(sinfo, dinfo)
     return {"what": "QEMU 7.2", "ok": True, "requests": requests,
             "blocktime_ms": dinfo.get("postcopy-blocktime"), "vcpu_ms": vcpu,
             "mean_ms": total_vcpu_ms / requests if requests else None}
