@@ -304,6 +304,80 @@ def test_postcopy_pages_go_plain_with_xbzrle_on(tmp, memory):
         assert check["ok"], check
 
 
+#: a guest that lives in a child process: it maps the RAM memfds it was
+#: given, hands its dirty tracking to the parent, and writes random pages
+#: with numpy until told to stop; it exits when told to
+CHILD_WRITER = r"""
+import json, mmap, socket, sys
+import numpy as np
+from livemig.engine.kernelmem import backend
+from livemig.engine.kernelmem.calls import buffer_address
+sock = socket.socket(fileno=int(sys.argv[1]))
+maps = {n: mmap.mmap(fd, size, mmap.MAP_SHARED) for n, (fd, size) in json.loads(sys.argv[2]).items()}
+uffd = backend.export_dirty_log(sock, {n: (buffer_address(m), len(m)) for n, m in maps.items()})
+pages = np.frombuffer(maps["pc.ram"], np.uint8).reshape(-1, mmap.PAGESIZE)
+rng = np.random.default_rng(7)
+sock.settimeout(0.002)
+written = 0
+while True:
+    idx = rng.integers(0, len(pages), size=64)
+    pages[idx, 200] = rng.integers(1, 255, size=64, dtype=np.uint8)
+    written += 64
+    try:
+        if sock.recv(1) == b"s":
+            break
+    except socket.timeout:
+        pass
+sock.settimeout(60)
+sock.sendall(json.dumps({"written": written}).encode() + b"\n")
+sock.recv(1)  # stay alive (and tracked) until the migration is done
+"""
+
+
+@needs_kernel
+def test_precopy_of_a_guest_in_a_child_process(tmp):
+    """A child process writes the source's RAM (a shared memfd) by plain
+    numpy stores; the kernel tracks them in the child's page tables, through
+    the userfaultfd it sent over; the destination ends with the source's RAM."""
+    import json
+    import socket
+    from livemig.engine.vm import VM
+    dst = VM(ram_size=8 << 20, incoming="defer", memory="kernel", workload_rate=0)
+    src = VM(ram_size=8 << 20, memory="kernel", workload_rate=0)
+    mine, theirs = socket.socketpair()
+    mems = {n: (m.fd, m.size) for n, m in src.guest.kernel.memories.items()}
+    child = subprocess.Popen([sys.executable, "-c", CHILD_WRITER, str(theirs.fileno()),
+                              json.dumps(mems)],
+                             pass_fds=[theirs.fileno()] + [fd for fd, _s in mems.values()])
+    theirs.close()
+    try:
+        assert src.guest.kernel.attach_process(mine, TIMEOUT) == child.pid
+        uri = f"unix:{tmp}/mig.sock"
+        dst.execute("migrate-incoming", {"uri": uri})
+        src.execute("migrate-set-parameters", {"max-bandwidth": 8 << 20})  # ~1 s a pass
+        src.execute("migrate", {"uri": uri})
+        _until("three dirty syncs while the child writes",
+               lambda: src.query_migrate().get("ram", {}).get("dirty-sync-count", 0) >= 3)
+        mine.sendall(b"s")
+        mine.settimeout(TIMEOUT)
+        done = json.loads(mine.makefile().readline())
+        assert done["written"] > 0
+        src.execute("migrate-set-parameters", {"max-bandwidth": 1 << 40})
+        assert src.wait_for_status({"completed", "failed"}, TIMEOUT)
+        assert src.src_cell.state == "completed", src.source.error_desc
+        assert dst.wait_incoming_done(TIMEOUT) and dst.dst_cell.state == "completed"
+        assert src.query_ram() == dst.query_ram()
+        mine.sendall(b"x")
+        assert child.wait(TIMEOUT) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(10)
+        mine.close()
+        src.close()
+        dst.close()
+
+
 @needs_kernel
 def test_a_page_already_placed_is_not_placed_again(tmp):
     mem = SharedMemory("test-engine", 4 * PS)

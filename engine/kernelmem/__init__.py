@@ -39,6 +39,7 @@ _EXPORTS: dict[str, str] = {
     "MemoryUnavailable": "backend",
     "MEMORY_CHOICES": "backend",
     "touch_pages": "backend",
+    "export_dirty_log": "backend",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -49,7 +49,9 @@ from __future__ import annotations
 
 import bisect
 import ctypes
+import json
 import os
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -189,6 +191,9 @@ class KernelMemory:
         #: query-migrate and the benchmark: the cost of a sync)
         self.syncs = 0
         self.sync_seconds = 0.0
+        #: dirty logs of other processes that map these blocks and write
+        #: them (:meth:`attach_process`): (pid, block names, their log)
+        self.attached: list[tuple[int, list[str], dirtylog.WPAsyncDirtyLog]] = []
 
     def new_block_memory(self, name: str, size: int) -> SharedMemory:
         mem = SharedMemory(f"livemig:{name}", size)
@@ -214,6 +219,11 @@ class KernelMemory:
             self.dirty_log_kind = self.log.kind
         else:
             self.log.arm()
+        for pid, names, log in list(self.attached):
+            try:
+                log.arm()
+            except OSError:  # it exited: nothing more to learn from it
+                self._detach(pid)
 
     @property
     def atomic(self) -> bool:
@@ -235,6 +245,53 @@ class KernelMemory:
         for name, idx in zip(self.memories, written):
             if idx.size:
                 logs[name][idx] = True
+        for pid, names, log in list(self.attached):
+            try:
+                theirs = log.sync()
+            except OSError:
+                # the process is gone (or its mapping): which of its writes
+                # were not synced yet is lost with it, so every page of its
+                # blocks counts as written once more
+                for name in names:
+                    logs[name][:] = True
+                self._detach(pid)
+                continue
+            for name, idx in zip(names, theirs):
+                if idx.size:
+                    logs[name][idx] = True
+
+    # ------------------------------------------------------------ other processes
+    def attach_process(self, sock: socket.socket, timeout: float = 30.0) -> int:
+        """Track the writes of another process that maps these blocks (a
+        guest living in a child, given the memfds): it has registered its
+        mappings for async write-protect and sends the descriptor with
+        :func:`export_dirty_log`.  Returns its pid.  Attach before the
+        migration starts: its writes before that are in the first pass."""
+        sock.settimeout(timeout)
+        msg, fds, _flags, _addr = socket.recv_fds(sock, 1 << 16, 1)
+        if len(fds) != 1:
+            for fd in fds:
+                os.close(fd)
+            raise MemoryUnavailable(0, "attach_process: no userfaultfd came with the message")
+        info = json.loads(msg)
+        uffd = Userfaultfd.adopt(fds[0], int(info["features"]))
+        names = [n for n in self.memories if n in info["blocks"]]
+        pid = int(info["pid"])
+        try:
+            log = dirtylog.WPAsyncDirtyLog([tuple(info["blocks"][n]) for n in names],
+                                           self.page_size, uffd=uffd, pid=pid)
+        except BaseException:
+            uffd.close()
+            raise
+        if self.log is not None:
+            log.arm()
+        self.attached.append((pid, names, log))
+        return pid
+
+    def _detach(self, pid: int) -> None:
+        for entry in [a for a in self.attached if a[0] == pid]:
+            self.attached.remove(entry)
+            entry[2].close()
 
     # ------------------------------------------------------------ postcopy
     def postcopy_ram(self) -> "PostcopyRAM":
@@ -265,6 +322,27 @@ class KernelMemory:
         if self.log is not None:
             self.log.close()
             self.log = None
+        for pid, _names, _log in list(self.attached):
+            self._detach(pid)
+
+
+def export_dirty_log(sock: socket.socket, blocks: dict[str, tuple[int, int]]) -> Userfaultfd:
+    """In a process that maps a guest's blocks (``name -> (address, length)``
+    of its own mappings) and writes them: register them for async
+    write-protect and send the descriptor, its features and the ranges to
+    the migrating process (:meth:`KernelMemory.attach_process`).  Keep the
+    returned descriptor open while the migration runs."""
+    uffd = Userfaultfd(dirtylog.WP_ASYNC_FEATURES)
+    try:
+        for addr, length in blocks.values():
+            uffd.register(addr, length, abi.UFFDIO_REGISTER_MODE_WP)
+        info = {"pid": os.getpid(), "features": uffd.features,
+                "blocks": {n: list(r) for n, r in blocks.items()}}
+        socket.send_fds(sock, [json.dumps(info).encode()], [uffd.fd])
+    except BaseException:
+        uffd.close()
+        raise
+    return uffd
 
 
 class PostcopyRAM:
@@ -483,6 +561,6 @@ class PostcopyRAM:
         return out
 
 
-__all__ = ["KernelMemory", "MemoryChoice", "MemoryUnavailable", "MEMORY_CHOICES",
+__all__ = ["export_dirty_log", "KernelMemory", "MemoryChoice", "MemoryUnavailable", "MEMORY_CHOICES",
            "PostcopyRAM", "available", "dirty_log_kind", "read_first_bytes", "resolve",
            "touch_pages"]

@@ -73,14 +73,21 @@ class WPAsyncDirtyLog:
     atomic = True
     kind = "wp-async"
 
-    def __init__(self, ranges: Sequence[Range], page_size: int) -> None:
+    def __init__(self, ranges: Sequence[Range], page_size: int, *,
+                 uffd: Optional[Userfaultfd] = None, pid: Optional[int] = None) -> None:
+        """``ranges`` of this process; or, with ``uffd`` and ``pid``, ranges of
+        process ``pid`` that it registered itself on that descriptor (a guest
+        in a child process: its writes are in its own page tables)."""
         self.ranges = list(ranges)
         self.page_size = page_size
-        self.uffd = Userfaultfd(WP_ASYNC_FEATURES)
+        adopted = uffd is not None
+        self.uffd = uffd if uffd is not None else Userfaultfd(WP_ASYNC_FEATURES)
         try:
-            for addr, length in self.ranges:
-                self.uffd.register(addr, length, abi.UFFDIO_REGISTER_MODE_WP)
-            self._pagemap = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+            if not adopted:
+                for addr, length in self.ranges:
+                    self.uffd.register(addr, length, abi.UFFDIO_REGISTER_MODE_WP)
+            where = "self" if pid is None else str(pid)
+            self._pagemap = os.open(f"/proc/{where}/pagemap", os.O_RDONLY | os.O_CLOEXEC)
         except BaseException:
             self.uffd.close()
             raise

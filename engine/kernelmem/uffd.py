@@ -129,6 +129,19 @@ class Userfaultfd:
             raise
         self.closed = False
 
+    @classmethod
+    def adopt(cls, fd: int, features: int) -> "Userfaultfd":
+        """A descriptor another process opened, negotiated and registered (and
+        sent here over a unix socket): its ioctls act on *that* process's
+        memory, which is how a handler serves a guest living elsewhere (as
+        CRIU's lazy pages and Firecracker's page-fault handler do)."""
+        self = cls.__new__(cls)
+        self.fd = fd
+        self.features = features
+        self.ioctls = 0
+        self.closed = False
+        return self
+
     def fileno(self) -> int:
         return self.fd
 
