@@ -1060,6 +1060,8 @@ class PostcopyDestination(DestinationMigration):
         return ok
 
     def _on_placed(self, block: RAMBlock, idx: np.ndarray) -> None:
+        if self.kernel is not None and self.kernel.registered:
+            self.kernel.placed(block.name, idx)  # other processes' sleepers
         with self.exclusive:
             self.requests.placed(block.name, idx, self.clock())
         if self.on_pages_placed is not None:

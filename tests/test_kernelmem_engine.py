@@ -334,39 +334,23 @@ sock.recv(1)  # stay alive (and tracked) until the migration is done
 """
 
 
-@needs_kernel
-def test_precopy_of_a_guest_in_a_child_process(tmp):
-    """A child process writes the source's RAM (a shared memfd) by plain
-    numpy stores; the kernel tracks them in the child's page tables, through
-    the userfaultfd it sent over; the destination ends with the source's RAM."""
+@contextlib.contextmanager
+def _child_guest(script: str, guest):
+    """``script`` in a child process given ``guest``'s RAM memfds and one end
+    of a socket pair, attached to the guest's kernel memory; yields (child,
+    our end).  At the end the child is told to exit ("x") and must exit 0."""
     import json
     import socket
-    from livemig.engine.vm import VM
-    dst = VM(ram_size=8 << 20, incoming="defer", memory="kernel", workload_rate=0)
-    src = VM(ram_size=8 << 20, memory="kernel", workload_rate=0)
     mine, theirs = socket.socketpair()
-    mems = {n: (m.fd, m.size) for n, m in src.guest.kernel.memories.items()}
-    child = subprocess.Popen([sys.executable, "-c", CHILD_WRITER, str(theirs.fileno()),
+    mems = {n: (m.fd, m.size) for n, m in guest.kernel.memories.items()}
+    child = subprocess.Popen([sys.executable, "-c", script, str(theirs.fileno()),
                               json.dumps(mems)],
                              pass_fds=[theirs.fileno()] + [fd for fd, _s in mems.values()])
     theirs.close()
     try:
-        assert src.guest.kernel.attach_process(mine, TIMEOUT) == child.pid
-        uri = f"unix:{tmp}/mig.sock"
-        dst.execute("migrate-incoming", {"uri": uri})
-        src.execute("migrate-set-parameters", {"max-bandwidth": 8 << 20})  # ~1 s a pass
-        src.execute("migrate", {"uri": uri})
-        _until("three dirty syncs while the child writes",
-               lambda: src.query_migrate().get("ram", {}).get("dirty-sync-count", 0) >= 3)
-        mine.sendall(b"s")
+        assert guest.kernel.attach_process(mine, TIMEOUT) == child.pid
         mine.settimeout(TIMEOUT)
-        done = json.loads(mine.makefile().readline())
-        assert done["written"] > 0
-        src.execute("migrate-set-parameters", {"max-bandwidth": 1 << 40})
-        assert src.wait_for_status({"completed", "failed"}, TIMEOUT)
-        assert src.src_cell.state == "completed", src.source.error_desc
-        assert dst.wait_incoming_done(TIMEOUT) and dst.dst_cell.state == "completed"
-        assert src.query_ram() == dst.query_ram()
+        yield child, mine
         mine.sendall(b"x")
         assert child.wait(TIMEOUT) == 0
     finally:
@@ -374,8 +358,79 @@ def test_precopy_of_a_guest_in_a_child_process(tmp):
             child.kill()
             child.wait(10)
         mine.close()
+
+
+@needs_kernel
+def test_precopy_of_a_guest_in_a_child_process(tmp):
+    """A child process writes the source's RAM (a shared memfd) by plain
+    numpy stores; the kernel tracks them in the child's page tables, through
+    the userfaultfd it sent over; the destination ends with the source's RAM."""
+    import json
+    from livemig.engine.vm import VM
+    dst = VM(ram_size=8 << 20, incoming="defer", memory="kernel", workload_rate=0)
+    src = VM(ram_size=8 << 20, memory="kernel", workload_rate=0)
+    try:
+        with _child_guest(CHILD_WRITER, src.guest) as (_child, sock):
+            uri = f"unix:{tmp}/mig.sock"
+            dst.execute("migrate-incoming", {"uri": uri})
+            src.execute("migrate-set-parameters", {"max-bandwidth": 8 << 20})  # ~1 s a pass
+            src.execute("migrate", {"uri": uri})
+            _until("three dirty syncs while the child writes",
+                   lambda: src.query_migrate().get("ram", {}).get("dirty-sync-count", 0) >= 3)
+            sock.sendall(b"s")
+            assert json.loads(sock.makefile().readline())["written"] > 0
+            src.execute("migrate-set-parameters", {"max-bandwidth": 1 << 40})
+            assert src.wait_for_status({"completed", "failed"}, TIMEOUT)
+            assert src.src_cell.state == "completed", src.source.error_desc
+            assert dst.wait_incoming_done(TIMEOUT) and dst.dst_cell.state == "completed"
+            assert src.query_ram() == dst.query_ram()
+    finally:
         src.close()
         dst.close()
+
+
+#: a postcopy destination's guest in a child process: its mappings are
+#: registered MISSING and handed over; on "g" it hashes its whole RAM with
+#: plain reads (each missing page stops it in the kernel until the parent
+#: placed it and woke it) and sends the hash
+CHILD_READER = r"""
+import hashlib, json, mmap, socket, sys
+from livemig.engine.kernelmem import backend
+from livemig.engine.kernelmem.calls import buffer_address
+sock = socket.socket(fileno=int(sys.argv[1]))
+maps = {n: mmap.mmap(fd, size, mmap.MAP_SHARED) for n, (fd, size) in json.loads(sys.argv[2]).items()}
+uffd = backend.export_faults(sock, {n: (buffer_address(m), len(m)) for n, m in maps.items()})
+assert sock.recv(1) == b"g"
+sock.sendall(json.dumps({"sha256": hashlib.sha256(maps["pc.ram"]).hexdigest()}).encode() + b"\n")
+sock.recv(1)
+"""
+
+
+@needs_kernel
+def test_postcopy_to_a_guest_in_a_child_process_with_a_pause(tmp):
+    """The destination's guest is a child process reading its RAM with plain
+    loads; the kernel stops it on every page not there yet, through the
+    userfaultfd it registered and sent over; a pause keeps it asleep; it ends
+    with the source's RAM."""
+    import json
+    with _postcopy_pair(tmp, dst_rate=0, background=256 << 10) as (src, dst), \
+            _child_guest(CHILD_READER, dst.guest) as (child, sock):
+        assert dst.guest.wait_run_state({"running"}, TIMEOUT)
+        sock.sendall(b"g")
+        uf = lambda: dst.query_migrate()["x-livemig-memory"]["userfaultfd"]  # noqa: E731
+        _until("the child faulted", lambda: uf()["faults"] > 10)
+        src.execute("migrate-pause")
+        assert dst.wait_for_status({"postcopy-paused"}, TIMEOUT, side="destination")
+        assert src.wait_for_status({"postcopy-paused"}, TIMEOUT)
+        _until("the child asleep on a page", lambda: uf()["sleeping-pages"] > 0)
+        assert _asleep_on_a_fault(child.pid)
+        dst.execute("migrate-recover", {"uri": f"unix:{tmp}/rec.sock"})
+        src.execute("migrate", {"uri": f"unix:{tmp}/rec.sock", "resume": True})
+        src.execute("migrate-set-parameters", {"max-postcopy-bandwidth": 0})
+        got = json.loads(sock.makefile().readline())
+        assert src.wait_for_status({"completed", "failed"}, TIMEOUT)
+        assert src.src_cell.state == "completed", src.source.error_desc
+        assert got["sha256"] == src.query_ram()[0]["sha256"]
 
 
 @needs_kernel

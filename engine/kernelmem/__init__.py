@@ -40,6 +40,8 @@ _EXPORTS: dict[str, str] = {
     "MEMORY_CHOICES": "backend",
     "touch_pages": "backend",
     "export_dirty_log": "backend",
+    "export_faults": "backend",
+    "FaultPeer": "backend",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -194,6 +194,10 @@ class KernelMemory:
         #: dirty logs of other processes that map these blocks and write
         #: them (:meth:`attach_process`): (pid, block names, their log)
         self.attached: list[tuple[int, list[str], dirtylog.WPAsyncDirtyLog]] = []
+        #: processes whose mappings of these blocks are registered MISSING
+        #: (a postcopy destination's guest in a child): the fault thread
+        #: serves their faults too
+        self.fault_peers: list[FaultPeer] = []
 
     def new_block_memory(self, name: str, size: int) -> SharedMemory:
         mem = SharedMemory(f"livemig:{name}", size)
@@ -277,6 +281,12 @@ class KernelMemory:
         uffd = Userfaultfd.adopt(fds[0], int(info["features"]))
         names = [n for n in self.memories if n in info["blocks"]]
         pid = int(info["pid"])
+        if info.get("mode") == "missing":
+            self.fault_peers.append(FaultPeer(pid, uffd, {n: int(info["blocks"][n][0])
+                                                          for n in names}))
+            if self.postcopy is not None:
+                self.postcopy.peers_changed()
+            return pid
         try:
             log = dirtylog.WPAsyncDirtyLog([tuple(info["blocks"][n]) for n in names],
                                            self.page_size, uffd=uffd, pid=pid)
@@ -302,7 +312,7 @@ class KernelMemory:
         if self.log is not None:  # a source turned destination: WP off first
             self.log.close()
             self.log = None
-        self.postcopy = PostcopyRAM(self.memories, self.page_size)
+        self.postcopy = PostcopyRAM(self.memories, self.page_size, self.fault_peers)
         return self.postcopy
 
     def info(self) -> dict:
@@ -332,11 +342,24 @@ def export_dirty_log(sock: socket.socket, blocks: dict[str, tuple[int, int]]) ->
     write-protect and send the descriptor, its features and the ranges to
     the migrating process (:meth:`KernelMemory.attach_process`).  Keep the
     returned descriptor open while the migration runs."""
-    uffd = Userfaultfd(dirtylog.WP_ASYNC_FEATURES)
+    return _export(sock, blocks, dirtylog.WP_ASYNC_FEATURES, abi.UFFDIO_REGISTER_MODE_WP, "wp")
+
+
+def export_faults(sock: socket.socket, blocks: dict[str, tuple[int, int]]) -> Userfaultfd:
+    """:func:`export_dirty_log` for a postcopy destination's guest in a child
+    process: its mappings are registered MISSING, so its threads sleep on a
+    page postcopy has not placed until the migrating process's fault thread
+    has it placed and wakes them."""
+    return _export(sock, blocks, POSTCOPY_FEATURES, abi.UFFDIO_REGISTER_MODE_MISSING, "missing")
+
+
+def _export(sock: socket.socket, blocks: dict[str, tuple[int, int]], features: int,
+            mode: int, name: str) -> Userfaultfd:
+    uffd = Userfaultfd(features)
     try:
         for addr, length in blocks.values():
-            uffd.register(addr, length, abi.UFFDIO_REGISTER_MODE_WP)
-        info = {"pid": os.getpid(), "features": uffd.features,
+            uffd.register(addr, length, mode)
+        info = {"pid": os.getpid(), "features": uffd.features, "mode": name,
                 "blocks": {n: list(r) for n, r in blocks.items()}}
         socket.send_fds(sock, [json.dumps(info).encode()], [uffd.fd])
     except BaseException:
@@ -345,12 +368,30 @@ def export_dirty_log(sock: socket.socket, blocks: dict[str, tuple[int, int]]) ->
     return uffd
 
 
+class FaultPeer:
+    """Another process's MISSING registration of the blocks (its userfaultfd,
+    adopted) and the pages its threads sleep on.  A COPY through our own
+    descriptor puts the page in the shared file but wakes only our sleepers:
+    theirs get UFFDIO_WAKE once the page is received."""
+
+    def __init__(self, pid: int, uffd: Userfaultfd, bases: dict[str, int]) -> None:
+        self.pid = pid
+        self.uffd = uffd
+        self.bases = bases
+        items = sorted(bases.items(), key=lambda kv: kv[1])
+        self.names = [n for n, _a in items]
+        self.starts = [a for _n, a in items]
+        self.sleeping: dict[str, set[int]] = {n: set() for n in bases}
+
+
 class PostcopyRAM:
     """The destination's guest RAM under userfaultfd MISSING (see the module
     doc).  The load thread calls :meth:`listen`, :meth:`copy`, :meth:`fill`
-    and :meth:`end`; the fault thread is started by :meth:`start_faults`."""
+    and :meth:`end`; the fault thread is started by :meth:`start_faults`.
+    ``peers`` are other processes' registrations (:class:`FaultPeer`)."""
 
-    def __init__(self, memories: dict[str, SharedMemory], page_size: int) -> None:
+    def __init__(self, memories: dict[str, SharedMemory], page_size: int,
+                 peers: Optional[list[FaultPeer]] = None) -> None:
         from livemig.engine.postcopy import LatencyHistogram  # postcopy imports us lazily
         self.memories = memories
         self.page_size = page_size
@@ -377,6 +418,7 @@ class PostcopyRAM:
         self._thread: Optional[threading.Thread] = None
         self._wake_r, self._wake_w = os.pipe()
         self._stop = False
+        self.peers: list[FaultPeer] = peers if peers is not None else []
 
     # ------------------------------------------------------------ listen
     def listen(self, received: dict[str, np.ndarray]) -> None:
@@ -466,6 +508,31 @@ class PostcopyRAM:
                 if t is not None:
                     self.latency.add(now - t)
 
+    def peers_changed(self) -> None:
+        """A peer attached: the fault thread polls its descriptor from now on."""
+        try:
+            os.write(self._wake_w, b"p")
+        except OSError:
+            pass  # closed: no thread to tell
+
+    def placed(self, name: str, idx: np.ndarray) -> None:
+        """Pages ``idx`` are received (the bit is set): wake other processes'
+        threads asleep on them.  After the bit, under the lock the fault
+        thread checks it under: a peer's fault is either seen received there
+        or woken here."""
+        if not self.peers:
+            return
+        ps = self.page_size
+        with self._plock:
+            for peer in self.peers:
+                sleeping = peer.sleeping.get(name)
+                if not sleeping:
+                    continue
+                for page in idx.tolist():
+                    if page in sleeping:
+                        sleeping.discard(page)
+                        peer.uffd.wake(peer.bases[name] + page * ps, ps)
+
     # ------------------------------------------------------------ faults
     def start_faults(self, on_fault: Callable[[str, list[int]], None],
                      received: dict[str, np.ndarray],
@@ -481,15 +548,50 @@ class PostcopyRAM:
         uffd = self.uffd
         assert uffd is not None
         while not self._stop:
-            uffd.wait(FAULT_POLL, self._wake_r)
+            by_fd = {p.uffd.fd: p for p in self.peers}  # a peer may attach late
+            ready = uffd.wait(FAULT_POLL, self._wake_r, *by_fd)
             if self._stop:
                 return
-            faults = uffd.read_faults()
-            if not faults:
-                continue
-            now = time.monotonic()
-            self.faults += len(faults)
-            self.handle_faults([f.address for f in faults], now)
+            if self._wake_r in ready:
+                os.read(self._wake_r, 4096)  # a peer attached: poll it too
+            for fd in ready:
+                peer = by_fd.get(fd)
+                source = uffd if fd == uffd.fd else peer.uffd if peer is not None else None
+                if source is None:
+                    continue
+                faults = source.read_faults()
+                if not faults:
+                    continue
+                now = time.monotonic()
+                self.faults += len(faults)
+                if peer is None:
+                    self.handle_faults([f.address for f in faults], now)
+                else:
+                    self.handle_peer_faults(peer, [f.address for f in faults], now)
+
+    def handle_peer_faults(self, peer: FaultPeer, addresses: Sequence[int],
+                           now: float) -> None:
+        """Another process's faults: a page received already is woken now
+        (our COPY did not wake it), a missing one is asked for and woken by
+        :meth:`placed`."""
+        ps = self.page_size
+        asks: dict[str, list[int]] = {}
+        with self._plock:
+            for addr in addresses:
+                s = bisect.bisect_right(peer.starts, addr) - 1
+                name = peer.names[s] if s >= 0 else None
+                page = (addr - peer.starts[s]) // ps if name is not None else -1
+                if name is None or page >= self.memories[name].size // ps:
+                    raise MemoryUnavailable(0, f"userfaultfd: process {peer.pid} faulted at "
+                                               f"{addr:#x}, outside every RAM block")
+                if self._received[name][page]:
+                    peer.uffd.wake(peer.bases[name] + page * ps, ps)
+                    continue
+                peer.sleeping[name].add(page)
+                self._pending[name].setdefault(page, now)
+                asks.setdefault(name, []).append(page)
+        for name, pages in asks.items():
+            self._on_fault(name, sorted(set(pages)))
 
     def handle_faults(self, addresses: Sequence[int], now: float) -> None:
         """Fault messages at ``addresses`` (read at ``now``) -> page requests,
@@ -546,6 +648,14 @@ class PostcopyRAM:
             t.join(5)
         if self.uffd is not None:
             self.uffd.close()
+        for peer in self.peers:
+            # our copy of their descriptor does not end their registration:
+            # unregister it (in their memory), so their sleepers wake too
+            for name, base in peer.bases.items():
+                try:
+                    peer.uffd.unregister(base, self.memories[name].size)
+                except OSError:
+                    pass  # the process is gone
         self.registered = False
         for fd in (self._wake_r, self._wake_w):
             try:
@@ -561,6 +671,6 @@ class PostcopyRAM:
         return out
 
 
-__all__ = ["export_dirty_log", "KernelMemory", "MemoryChoice", "MemoryUnavailable", "MEMORY_CHOICES",
+__all__ = ["export_dirty_log", "export_faults", "FaultPeer", "KernelMemory", "MemoryChoice", "MemoryUnavailable", "MEMORY_CHOICES",
            "PostcopyRAM", "available", "dirty_log_kind", "read_first_bytes", "resolve",
            "touch_pages"]
