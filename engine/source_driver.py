@@ -551,6 +551,9 @@ class SourceDriver:
                     n = yield Write(self.chan, s.postcopy_complete(clock()))
                     s.sent(n, clock())
             if isinstance(step, PostcopyDone):
+                # the multifd channels end first: the destination's load waits
+                # for their end of file before it sends SHUT
+                yield from self._close_senders()
                 yield from self._await_shut()
                 with self.lock:
                     s.completed(clock())

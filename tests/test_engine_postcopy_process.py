@@ -25,10 +25,11 @@ from livemig.spec import load_profile  # noqa: E402
 P = load_profile("qemu-7.2")
 
 
-def _setup(tmp, transport, *, postcopy_bw=None):
+def _setup(tmp, transport, *, postcopy_bw=None, extra_caps=()):
     dst = Proc(tmp, "dst", "--incoming", "defer")
     src = Proc(tmp, "src", "--workload", "20000")
-    caps = [{"capability": c, "state": True} for c in ("events", "postcopy-ram")]
+    caps = [{"capability": c, "state": True}
+            for c in ("events", "postcopy-ram", *extra_caps)]
     for p in (src, dst):
         p.cmd("migrate-set-capabilities", capabilities=caps)
     params = {"max-bandwidth": 16 << 20}  # 16 MiB/s: never converges in precopy
@@ -90,6 +91,24 @@ def test_two_process_postcopy_completes(tmp, transport):
         assert seq[-3:] == ["active", "postcopy-active", "completed"]
         assert dseq[-3:] == ["active", "postcopy-active", "completed"]
         assert "x-livemig-postcopy-latency" in dinfo
+    finally:
+        assert src.close() == 0
+        assert dst.close() == 0
+
+
+def test_two_process_postcopy_with_multifd_completes(tmp):
+    """QEMU 7.2 accepts multifd with postcopy-ram: precopy pages go on the
+    multifd channels, postcopy pages on the main one, and the source closes
+    the multifd channels before it waits for the destination's SHUT (which
+    waits for their end of file)."""
+    src, dst, uri = _setup(tmp, "unix", extra_caps=("multifd",))
+    try:
+        _switch(src, dst, uri)
+        info, _ = _finish(src, dst)
+        assert info["ram"]["multifd-bytes"] > 0
+        seq, dseq = _logs(src, dst)
+        assert seq[-3:] == ["active", "postcopy-active", "completed"]
+        assert dseq[-3:] == ["active", "postcopy-active", "completed"]
     finally:
         assert src.close() == 0
         assert dst.close() == 0
