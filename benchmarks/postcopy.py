@@ -111,7 +111,7 @@ def qemu_run(tmp: Path, size: int, transport: str) -> dict[str, Any]:
                 n.cmd("migrate-set-capabilities", capabilities=caps)
             src.cmd("migrate-set-parameters", **{"max-bandwidth": precopy.BIG})
             sinfo, dinfo = postcopy_at_once(src, dst, work, transport)
-            return {"src": sinfo, "dst": dinfo}
+            return {"src": precopy.settled(src, sinfo), "dst": dinfo}
         finally:
             src.close()
             dst.close()
