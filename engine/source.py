@@ -260,10 +260,14 @@ class SourceMigration:
 
     # ------------------------------------------------------------ passes
     def _sync(self, now: float) -> None:
+        """The profile's ``bitmap_sync`` (migration_bitmap_sync): the guest's
+        dirty log into the bitmap, one more in the counter, the pass event;
+        the dirty rate and auto-converge once the spec's period has passed."""
         new = self.guest.sync_dirty_log(self.bitmaps)
         self.stats.dirty_sync_count += 1
         self._sync_period_dirty += new
-        if self._last_sync_time is not None and now - self._last_sync_time >= 1.0:
+        period_s = self.profile.bitmap_sync.period_s
+        if self._last_sync_time is not None and now - self._last_sync_time >= period_s:
             period = now - self._last_sync_time
             self.stats.dirty_pages_rate = int(self._sync_period_dirty / period)
             self._maybe_throttle()

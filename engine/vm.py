@@ -171,8 +171,9 @@ class VM:
             self._emit("MIGRATION", {"status": attempt.new})
 
     def _pass_event(self, count: int) -> None:
-        if self.caps.get("events"):
-            self._emit("MIGRATION_PASS", {"pass": count})
+        sync = self.profile.bitmap_sync  # migration_bitmap_sync's event
+        if self.caps.get(sync.event_cap):
+            self._emit(sync.event, {sync.event_member: count})
 
     def _blocks_for_machine(self, extra: Optional[dict[str, int]]) -> Optional[dict[str, int]]:
         """A QEMU machine type's guest has only pc.ram (a QEMU destination

@@ -47,7 +47,7 @@ _SCALARS = {"PARAM_ERROR_FORMAT": "param_error_format", "WIRE": "wire",
             "MIGRATION_INFO": "migration_info",
             "ENGINE_UNIMPLEMENTED": "engine_unimplemented", "MACHINES": "machines",
             "OBJECT_TYPES": "object_types", "OBJECT_ERRORS": "object_errors",
-            "MONITOR": "monitor"}
+            "MONITOR": "monitor", "BITMAP_SYNC": "bitmap_sync"}
 
 
 def profile_names() -> tuple[str, ...]:

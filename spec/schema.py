@@ -113,6 +113,26 @@ class Transition:
 
 
 @dataclass(frozen=True)
+class BitmapSync:
+    """migration_bitmap_sync: the source reads the guest's dirty log (KVM's
+    in QEMU; the kernel's or the simulated vCPU's in livemig) into the
+    migration bitmap.  Each sync adds one to ``counter`` (a query-migrate
+    ``ram`` member) and, with capability ``event_cap`` on, emits ``event``
+    with member ``event_member`` set to that count.  Once ``period_s`` has
+    passed since the last evaluation, the dirty page rate is re-computed and
+    auto-converge decides whether to throttle.  ``callers`` are QEMU's call
+    sites: when a sync happens."""
+
+    function: str
+    counter: str
+    event: str
+    event_member: str
+    event_cap: str
+    period_s: float
+    callers: tuple[tuple[str, str], ...]  # (QEMU function, when)
+
+
+@dataclass(frozen=True)
 class InfoField:
     """A member of the source's query-migrate answer (MigrationInfo) and when
     QEMU's fill_source_migration_info shows it: in ``states`` (statuses or
@@ -622,6 +642,8 @@ class Profile:
     #: the monitor beyond the migration commands: QAPI introspection and
     #: HMP (a ``livemig.spec.qapi.MonitorSpec``)
     monitor: Any = None
+    #: migration_bitmap_sync: what one sync of the dirty log counts and emits
+    bitmap_sync: Optional[BitmapSync] = None
 
     def __hash__(self) -> int:
         # Profiles key lru_caches on hot paths (a page request's return-path

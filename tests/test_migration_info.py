@@ -3,6 +3,7 @@
 engine over the fake link in each status."""
 from livemig.conformance.fakelink import FakeLink
 from livemig.engine.vm import VM
+from livemig.spec import load_profile
 
 RAM = 1 << 20
 TIMES_AND_RAM = {"status", "setup-time", "total-time", "expected-downtime", "ram"}
@@ -86,3 +87,30 @@ def test_every_member_of_the_table_has_a_value_in_the_engine():
     link.run()
     for member in src.profile.migration_info:
         src._info_value(member.name, src.source, "completed")  # raises if unknown
+
+
+def test_each_bitmap_sync_counts_and_emits_the_spec_event():
+    """The profile's bitmap_sync (migration_bitmap_sync): every sync adds one
+    to its counter, and with its capability on emits its event with that
+    count, so the events number 1, 2, ... up to the final counter."""
+    sync = load_profile("qemu-7.2").bitmap_sync
+    link, src, dst = pair(caps=(sync.event_cap,))
+    seen = []
+    src.subscribe(lambda e: seen.append(e) if e["event"] == sync.event else None)
+    link.run()
+    src.flush_events(30)
+    info = src.query_migrate()
+    assert info["status"] == "completed"
+    count = info["ram"][sync.counter]
+    assert count >= 2  # setup's, and the completion's at least
+    assert [e["data"][sync.event_member] for e in seen] == list(range(1, count + 1))
+
+
+def test_without_the_capability_a_sync_emits_nothing():
+    sync = load_profile("qemu-7.2").bitmap_sync
+    link, src, dst = pair()
+    seen = []
+    src.subscribe(lambda e: seen.append(e) if e["event"] == sync.event else None)
+    link.run()
+    src.flush_events(30)
+    assert src.query_migrate()["ram"][sync.counter] >= 2 and seen == []

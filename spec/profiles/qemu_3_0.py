@@ -16,7 +16,7 @@ from livemig.spec.expr import (
 )
 from livemig.spec.profiles.wire import WIRE
 from livemig.spec.schema import (
-    CURRENT, Actor, ArgType, MachineType, CapRule, Capability, Command, FlagDecl, Group, HostFact, InfoField,
+    CURRENT, Actor, ArgType, BitmapSync, MachineType, CapRule, Capability, Command, FlagDecl, Group, HostFact, InfoField,
     Parameter,
     ParamRef, ParamRule, PostcopyHandler, Precondition, Status, Transition, Unimplemented,
     Unreachable,
@@ -542,6 +542,25 @@ COMMANDS = typed(COMMANDS)
 #: statuses in which fill_source_migration_info shows times and RAM counters
 _IN_PROGRESS = ("active", "cancelling", "postcopy-active", "pre-switchover", "device",
                 "postcopy-paused", "postcopy-recover")
+
+#: migration_bitmap_sync (migration/ram.c): one read of the dirty log into
+#: the migration bitmap.  The same in 3.0 and 7.2 (7.2 names the callers
+#: ..._precopy, and ram_save_pending became ram_state_pending_exact later).
+BITMAP_SYNC = BitmapSync(
+    function="migration_bitmap_sync",
+    counter="dirty-sync-count",
+    event="MIGRATION_PASS",
+    event_member="pass",
+    event_cap="events",
+    period_s=1.0,  # "end_time > rs->time_last_bitmap_sync + 1000" (ms)
+    callers=(
+        ("ram_init_bitmaps", "setup: every page starts dirty, the log starts"),
+        ("ram_save_pending", "precopy: what remains is below the threshold "
+                             "(bandwidth x downtime-limit): the exact count decides"),
+        ("ram_save_complete", "completion of precopy: the last pass"),
+        ("ram_postcopy_send_discard_bitmap", "postcopy start: the pages to discard"),
+    ),
+)
 
 #: the source's MigrationInfo members and when they are shown
 #: (fill_source_migration_info, populate_ram_info; "none" shows nothing of
