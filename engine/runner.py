@@ -39,6 +39,7 @@ Rules for programs:
 """
 from __future__ import annotations
 
+import itertools
 import select
 import sys
 import threading
@@ -315,9 +316,10 @@ class ThreadRunner:
         return lambda fn, items: list(pool.map(fn, items))
 
     def helped_map(self) -> Callable[[Callable, Iterable], list]:
-        """A map whose caller does the first item itself while the pool
-        (one more thread, or compress-threads') does the others: two cores on
-        one chunk's zero scan with no thread left waiting."""
+        """A map the caller works on together with one pool thread: both
+        take the next item from a shared counter until none is left, so the
+        one that started late or runs slow simply takes fewer (two cores on
+        one chunk's zero scan, neither waiting for a fixed half)."""
         pool = self._pool
         if pool is None:
             pool = self._pool = ThreadPoolExecutor(max_workers=1,
@@ -325,10 +327,18 @@ class ThreadRunner:
 
         def run(fn: Callable, items: Iterable) -> list:
             items = list(items)
-            if not items:
-                return []
-            others = [pool.submit(fn, item) for item in items[1:]]
-            return [fn(items[0])] + [f.result() for f in others]
+            results: list = [None] * len(items)
+            taken = itertools.count()  # next() is atomic under the GIL
+
+            def work() -> None:
+                for i in iter(lambda: next(taken), None):
+                    if i >= len(items):
+                        return
+                    results[i] = fn(items[i])
+            helper = pool.submit(work)
+            work()
+            helper.result()  # re-raises the helper's exception, if any
+            return results
         return run
 
     def end_parallel(self) -> None:

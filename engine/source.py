@@ -67,8 +67,8 @@ from livemig.spec.schema import Profile
 
 BUFFER_DELAY = 0.1  # seconds: QEMU's rate-limit and bandwidth window
 MAX_CHUNK_PAGES = 2048
-#: a chunk's zero scan is split in two from twice this many pages on (below,
-#: handing half to another thread costs more than it saves)
+#: a chunk's zero scan is split into pieces of this many pages (from two pieces
+#: on), which the migration thread and a helper take in turn
 SCAN_SPLIT_PAGES = 256
 #: livemig's own machine type: the first of every profile's MACHINES
 MACHINE = load_profile(DEFAULT_PROFILE).machine().name
@@ -462,8 +462,8 @@ class SourceMigration:
                     nonzero[maybe_zero] = words[maybe_zero].any(axis=1)
                 return nonzero
         if n >= 2 * SCAN_SPLIT_PAGES:
-            half = n // 2
-            nonzero = np.concatenate(self.scan_map(_nonzero_rows, (words[:half], words[half:])))
+            pieces = [words[a:a + SCAN_SPLIT_PAGES] for a in range(0, n, SCAN_SPLIT_PAGES)]
+            nonzero = np.concatenate(self.scan_map(_nonzero_rows, pieces))
         else:
             nonzero = _nonzero_rows(words)
         self._zero_heavy = int(np.count_nonzero(nonzero)) <= (3 * n) // 4

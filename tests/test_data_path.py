@@ -69,3 +69,21 @@ def test_page_indexes_become_a_slice_only_when_they_are_a_run(idx):
     assert np.array_equal(ram[where], ram[arr])  # the same pages, in the same order
     assert isinstance(where, slice) == (len(idx) > 0 and list(idx) == list(
         range(idx[0], idx[0] + len(idx))))
+
+
+def test_the_helped_map_keeps_order_and_raises_the_helpers_error():
+    from livemig.engine.runner import ThreadRunner
+    runner = ThreadRunner()
+    try:
+        helped = runner.helped_map()
+        assert helped(lambda x: x * x, range(50)) == [x * x for x in range(50)]
+        assert helped(lambda x: x, []) == []
+
+        def fail_on_7(x):
+            if x == 7:
+                raise ValueError("piece 7")
+            return x
+        with pytest.raises(ValueError, match="piece 7"):
+            helped(fail_on_7, range(20))
+    finally:
+        runner.end_parallel()
