@@ -84,15 +84,20 @@ def parse_size(text: str | int) -> int:
     return int(float(s) * mult)
 
 
+def check_block_size(name: str, size: int, page_size: int) -> None:
+    """A RAM block's size is a positive multiple of the page size (ValueError)."""
+    if size <= 0 or size % page_size:
+        raise ValueError(f"RAM block {name!r}: size {size} is not a positive multiple "
+                         f"of the page size {page_size}")
+
+
 class RAMBlock:
     """One RAM block: ``name`` (QEMU's idstr, e.g. ``pc.ram``) and its pages."""
 
     def __init__(self, name: str, size: int, page_size: int = 4096, *,
                  path: Optional[str] = None, populate: bool = False,
                  shared: Optional["SharedMemory"] = None) -> None:
-        if size <= 0 or size % page_size:
-            raise ValueError(f"RAM block {name!r}: size {size} is not a positive multiple "
-                             f"of the page size {page_size}")
+        check_block_size(name, size, page_size)
         self.name = name
         self.used_length = size
         self.page_size = page_size
@@ -229,8 +234,7 @@ class Guest:
         for name, size in sizes.items():
             shared = None
             if self.kernel is not None:
-                if size <= 0 or size % page_size:  # RAMBlock's own check says it
-                    RAMBlock(name, size, page_size)
+                check_block_size(name, size, page_size)  # before any shmem is made
                 shared = self.kernel.new_block_memory(name, size)
             self.blocks[name] = RAMBlock(name, size, page_size, populate=populate,
                                          path=mem_path if name == "pc.ram" else None,

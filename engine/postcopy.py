@@ -88,6 +88,7 @@ from livemig.errors import ReturnPathError, StreamError
 from livemig.spec.schema import Profile
 
 if TYPE_CHECKING:
+    from livemig.engine.xbzrle import XbzrleCache
     from livemig.engine.kernelmem.backend import PostcopyRAM
 
 # Rules: no threads, sockets, locks or sleeps here.  The sessions are owned
@@ -366,20 +367,14 @@ class PostcopySource(SourceMigration):
                                                   for a, n in runs[i:i + per]]))
         return out
 
-    def _encode(self, block: RAMBlock, idx: np.ndarray, *, bulk: bool):  # type: ignore[override]
+    def _page_features(self) -> tuple[Optional[XbzrleCache], int]:
         """Pages after the switch go plain, on the main channel, as QEMU 7.2's
         ram_save_target_page sends them once in postcopy: an XBZRLE delta
-        would apply to a page the destination discarded, and multifd
-        channels carry no page after the switch (their pages were dropped
-        here, and the destination waited for them forever)."""
-        if not self.in_postcopy:
-            return super()._encode(block, idx, bulk=bulk)
-        xbzrle, channels = self.xbzrle, self.multifd_channels
-        self.xbzrle, self.multifd_channels = None, 0  # this call only: one thread owns us
-        try:
-            return super()._encode(block, idx, bulk=bulk)
-        finally:
-            self.xbzrle, self.multifd_channels = xbzrle, channels
+        would apply to a page the destination discarded, and the multifd
+        channels carry no page after the switch."""
+        if self.in_postcopy:
+            return None, 0
+        return super()._page_features()
 
     def _start_postcopy_pass(self) -> None:
         self._pass = [(self.guest.blocks[name], np.flatnonzero(bm))
@@ -698,8 +693,7 @@ class PostcopyStreamDecoder(StreamDecoder):
             if self.kernel is not None and self.kernel.registered \
                     and kind in (w.f_xbzrle, w.f_compress):
                 # decoding stores into registered RAM: it would sleep on its own fault
-                raise StreamError(f"a RAM record with flags {kind:#x} in postcopy: the kernel "
-                                  f"memory backend places only pages and zero pages")
+                raise StreamError(self.w.error("kernel_ram_record_kind", kind))
             # Other records (EOS, setup, XBZRLE, compressed): the precopy path,
             # then mark the page received if one was written.
             super()._one_record(hdr, events)

@@ -426,7 +426,8 @@ class SourceMigration:
         extra: list[tuple[int, list[Buffer]]] = []
         if len(norm_idx) == 0:
             return out, extra
-        if self.xbzrle is not None:
+        xbzrle, channels = self._page_features()
+        if xbzrle is not None:
             if not bulk:
                 return out + self._xbzrle_pages(block, norm_idx, norm_data), extra
             self._xbzrle_fill(block, norm_idx, norm_data)
@@ -434,8 +435,8 @@ class SourceMigration:
             return out + self._compress_pages(block, norm_idx, norm_data), extra
         self.stats.normal += len(norm_idx)
         self.stats.normal_bytes += len(norm_idx) * self.page_size
-        if self.multifd_channels:
-            self._multifd_next = self._multifd_next % self.multifd_channels + 1
+        if channels:
+            self._multifd_next = self._multifd_next % channels + 1
             extra.append((self._multifd_next,
                           mfd.page_packet(self.profile, block, norm_idx, norm_data,
                                           self._multifd_packet, self.page_size)))
@@ -443,6 +444,11 @@ class SourceMigration:
             return out, extra
         out += self.enc.normal_pages(block, norm_idx, norm_data)
         return out, extra
+
+    def _page_features(self) -> tuple[Optional[XbzrleCache], int]:
+        """The XBZRLE cache and the multifd channel count the next chunk's
+        data pages use (postcopy sends its pages plain: see PostcopySource)."""
+        return self.xbzrle, self.multifd_channels
 
     def _nonzero_pages(self, words: np.ndarray) -> np.ndarray:
         """Which pages of ``words`` (pages x words) hold a non-zero byte.

@@ -243,6 +243,8 @@ WIRE = Wire(
         ("machine_name_too_long",
          "Machine type of 0x%x bytes received, at most 0x%x are accepted"),
         ("section_too_long", "Section '%s' of 0x%x bytes received, at most 0x%x are accepted"),
+        ("kernel_ram_record_kind", "livemig: a RAM record with flags 0x%x in postcopy: the "
+                                   "kernel memory backend places only pages and zero pages"),
         ("ram_block_too_big", "livemig: the source declares RAM block \"%s\" of 0x%x bytes, "
          "but at most 0x%x bytes of blocks this side lacks can be created"),
         ("foreign_section_no_footer", "livemig: no section footer for '%s' (id %d) within "
